@@ -1,0 +1,11 @@
+"""The one exception type for user mistakes: the CLI prints its message on one line, no traceback."""
+
+from __future__ import annotations
+
+
+class CellpipeError(Exception):
+    """Bad input or a missing prerequisite; the message says what and where, in one line."""
+
+
+class RLEError(CellpipeError, ValueError):
+    """A Kaggle run-length encoding that the competition's validator would reject."""
