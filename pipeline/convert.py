@@ -1,0 +1,111 @@
+"""Stage `convert`: competition data -> COCO JSON (train, test, LIVECell); also COCO -> CSV."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from pipeline.config import Config
+from pipeline.core.errors import CellpipeError
+from pipeline.stage import run_stage
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--to-csv",
+        nargs=2,
+        metavar=("COCO_JSON", "CSV"),
+        help="convert a COCO JSON back to a competition CSV instead",
+    )
+
+
+def _test_coco(test_dir: Path, data_root: Path) -> dict:
+    from pipeline.core.coco import IMAGE_SUFFIXES, _categories
+    from pipeline.core.fileio import image_shape
+
+    files = sorted(p for p in test_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise CellpipeError(f"no test images in {test_dir}")
+    images = []
+    for image_id, path in enumerate(files, start=1):
+        height, width = image_shape(path)
+        images.append(
+            {
+                "id": image_id,
+                "file_name": str(path.relative_to(data_root)),
+                "height": height,
+                "width": width,
+            }
+        )
+    return {"images": images, "annotations": [], "categories": _categories([])}
+
+
+def convert(cfg: Config) -> None:
+    """Write the COCO files declared in `cfg.layout`."""
+    from pipeline.core import coco
+    from pipeline.core.fileio import write_json
+
+    layout, params = cfg.layout, cfg.convert
+    if params.source_format == "kaggle_csv":
+        train = coco.csv_to_coco(coco.read_kaggle_csv(layout.train_csv), order=params.rle_order)
+    elif params.source_format == "label_images":
+        train = coco.label_images_to_coco(
+            layout.data / params.images_dir, layout.data / params.labels_dir, layout.data
+        )
+    else:
+        train = coco.instance_masks_to_coco(layout.data / params.images_dir, layout.data)
+    coco.check_image_sizes(train, layout.data)
+    write_json(layout.coco_train, train)
+    if params.source_format == "kaggle_csv":
+        # the test images have no labels: their categories are the training ones
+        test = {**_test_coco(layout.test_images, layout.data), "categories": train["categories"]}
+        write_json(layout.coco_test, test)
+    print(
+        f"convert: {len(train['images'])} images, {len(train['annotations'])} instances "
+        f"-> {layout.coco_train}"
+    )
+    if params.livecell and layout.livecell.is_dir():
+        splits = {"train": layout.coco_livecell_train, "val": layout.coco_livecell_val}
+        for split, out in splits.items():
+            lc = coco.read_livecell(
+                layout.livecell_annotations(split), layout.livecell_images(split), layout.data
+            )
+            write_json(out, lc)
+            print(
+                f"convert: LIVECell {split}: {len(lc['images'])} images, "
+                f"{len(lc['annotations'])} instances -> {out}"
+            )
+
+
+def outputs(cfg: Config) -> list[Path]:
+    layout = cfg.layout
+    files = [layout.coco_train]
+    if cfg.convert.source_format == "kaggle_csv":
+        files.append(layout.coco_test)
+    if cfg.convert.livecell and layout.livecell.is_dir():
+        files += [layout.coco_livecell_train, layout.coco_livecell_val]
+    return files
+
+
+def main(cfg: Config, args: argparse.Namespace) -> None:
+    if args.to_csv:
+        from pipeline.core import coco
+        from pipeline.core.fileio import atomic_path, read_json
+
+        source, target = args.to_csv
+        df = coco.coco_to_csv(read_json(source), order=cfg.convert.rle_order)
+        with atomic_path(target) as tmp:
+            df.to_csv(tmp, index=False)
+        print(f"convert: {len(df)} instances -> {target}")
+        return
+    layout = cfg.layout
+    inputs = [layout.train_csv] if cfg.convert.source_format == "kaggle_csv" else []
+    run_stage(
+        "convert",
+        cfg,
+        inputs=inputs,
+        outputs=outputs(cfg),
+        params=cfg.convert,
+        body=lambda: convert(cfg),
+        force=args.force,
+    )
