@@ -18,21 +18,25 @@ from pipeline.core.fileio import write_png, write_tiff
 
 def instance_stacks(max_side: int = 20, max_instances: int = 6):
     """Random (n, h, w) stacks of non-empty masks; instances may overlap each other."""
-    dims = st.tuples(st.integers(1, max_instances), st.integers(1, max_side), st.integers(1, max_side))
+    dims = st.tuples(
+        st.integers(1, max_instances), st.integers(1, max_side), st.integers(1, max_side)
+    )
     stacks = dims.flatmap(lambda d: arrays(np.bool_, d))
     return stacks.filter(lambda s: s.reshape(len(s), -1).any(axis=1).all())
 
 
 def frame(stack: np.ndarray, order: str, image_id: str = "img0") -> pd.DataFrame:
     n, h, w = stack.shape
-    return pd.DataFrame({
-        "id": image_id,
-        "annotation": [rle.encode(m, order) for m in stack],
-        "width": w,
-        "height": h,
-        "cell_type": ["astro", "cort"][n % 2],
-        "sample_id": "s0",
-    })
+    return pd.DataFrame(
+        {
+            "id": image_id,
+            "annotation": [rle.encode(m, order) for m in stack],
+            "width": w,
+            "height": h,
+            "cell_type": ["astro", "cort"][n % 2],
+            "sample_id": "s0",
+        }
+    )
 
 
 @settings(max_examples=150, deadline=None)
@@ -51,8 +55,10 @@ def test_csv_to_coco_equals_pycocotools_and_back(stack, order):
     back = coco.coco_to_csv(result, order=order)
     assert back["annotation"].tolist() == df["annotation"].tolist()
     assert back.columns.tolist() == df.columns.tolist()
-    pd.testing.assert_frame_equal(back[["id", "width", "height", "cell_type", "sample_id"]],
-                                  df[["id", "width", "height", "cell_type", "sample_id"]])
+    pd.testing.assert_frame_equal(
+        back[["id", "width", "height", "cell_type", "sample_id"]],
+        df[["id", "width", "height", "cell_type", "sample_id"]],
+    )
 
 
 def test_images_metadata_and_categories():
@@ -62,8 +68,14 @@ def test_images_metadata_and_categories():
     result = coco.csv_to_coco(df)
     assert [c["name"] for c in result["categories"]] == ["astro", "cort"]
     first, second = result["images"]
-    assert first == {"id": 1, "file_name": "train/aaa.png", "height": 5, "width": 7,
-                     "cell_type": "astro", "sample_id": "s0"}
+    assert first == {
+        "id": 1,
+        "file_name": "train/aaa.png",
+        "height": 5,
+        "width": 7,
+        "cell_type": "astro",
+        "sample_id": "s0",
+    }
     assert second["cell_type"] == "cort"
     assert [a["category_id"] for a in result["annotations"]] == [1, 1, 2]
     json.dumps(result)  # plain JSON types only
@@ -94,9 +106,13 @@ def test_read_kaggle_csv_checks(tmp_path):
     with pytest.raises(CellpipeError, match="missing column"):
         coco.read_kaggle_csv(write_csv(tmp_path, "id,annotation,width\na,1 2,4\n"))
     with pytest.raises(CellpipeError, match=r"row 3: height 'x' is not a size"):
-        coco.read_kaggle_csv(write_csv(tmp_path, "id,annotation,width,height\na,1 2,4,3\na,1,4,x\n"))
+        coco.read_kaggle_csv(
+            write_csv(tmp_path, "id,annotation,width,height\na,1 2,4,3\na,1,4,x\n")
+        )
     with pytest.raises(CellpipeError, match="different width/height"):
-        coco.read_kaggle_csv(write_csv(tmp_path, "id,annotation,width,height\na,1 2,4,3\na,1 1,5,3\n"))
+        coco.read_kaggle_csv(
+            write_csv(tmp_path, "id,annotation,width,height\na,1 2,4,3\na,1 1,5,3\n")
+        )
     with pytest.raises(CellpipeError, match="missing file"):
         coco.read_kaggle_csv(tmp_path / "nope.csv")
 
@@ -126,7 +142,12 @@ def test_livecell_polygons_to_rle(tmp_path):
         "annotations": {
             "1": {"id": 1, "image_id": 7, "segmentation": [square], "category_id": 1},
             "2": {"id": 2, "image_id": 9, "segmentation": [[1.0, 1.0, 2.0, 2.0]], "category_id": 1},
-            "3": {"id": 3, "image_id": 9, "segmentation": [[0, 0, 5, 0, 5, 5, 0, 5]], "category_id": 1},
+            "3": {
+                "id": 3,
+                "image_id": 9,
+                "segmentation": [[0, 0, 5, 0, 5, 5, 0, 5]],
+                "category_id": 1,
+            },
         },
         "categories": [{"id": 1, "name": "cell"}],
     }
@@ -155,8 +176,10 @@ def test_label_images_glas_layout(tmp_path):
     write_png(folder / "train_1_anno.png", labels)
     result = coco.label_images_to_coco(folder, folder, tmp_path)
     assert [im["file_name"] for im in result["images"]] == ["glas/train_1.png"]
-    masks = [mask_utils.decode({**a["segmentation"], "counts": a["segmentation"]["counts"].encode()})
-             for a in result["annotations"]]
+    masks = [
+        mask_utils.decode({**a["segmentation"], "counts": a["segmentation"]["counts"].encode()})
+        for a in result["annotations"]
+    ]
     np.testing.assert_array_equal(masks[0], labels == 3)
     np.testing.assert_array_equal(masks[1], labels == 300)
 

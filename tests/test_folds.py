@@ -14,8 +14,14 @@ def image_table(seed: int = 0) -> pd.DataFrame:
     for cell_type, n_samples in (("shsy5y", 9), ("astro", 7), ("cort", 11)):
         for s in range(n_samples):
             for k in range(int(rng.integers(2, 6))):
-                rows.append({"id": f"{cell_type}{s}_{k}", "cell_type": cell_type,
-                             "sample_id": f"{cell_type}-s{s}", "instances": int(rng.integers(1, 50))})
+                rows.append(
+                    {
+                        "id": f"{cell_type}{s}_{k}",
+                        "cell_type": cell_type,
+                        "sample_id": f"{cell_type}-s{s}",
+                        "instances": int(rng.integers(1, 50)),
+                    }
+                )
     return pd.DataFrame(rows)
 
 
@@ -47,7 +53,8 @@ def test_bad_requests_are_one_line_errors():
 
 def test_fold_table_totals():
     images = image_table()
-    table = fold_table(images.assign(fold=assign_folds(images, 3, 0, "cell_type", "sample_id")),
-                       "cell_type")
+    table = fold_table(
+        images.assign(fold=assign_folds(images, 3, 0, "cell_type", "sample_id")), "cell_type"
+    )
     assert table.loc["total", ("images", "astro")] == (images["cell_type"] == "astro").sum()
     assert table.loc["total", "instances"].sum() == images["instances"].sum()
