@@ -12,6 +12,7 @@ import sys
 from pipeline.core.errors import CellpipeError
 
 # command -> module; each module has `main(cfg, args)` and may have `add_arguments(parser)`.
+# Heavy imports stay inside those functions.
 COMMANDS = {
     "prepare": ("pipeline.prepare", "download or generate the competition data"),
     "convert": ("pipeline.convert", "competition CSV / label images -> COCO JSON"),
@@ -19,26 +20,30 @@ COMMANDS = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The top-level parser and one sub-parser per command, with the arguments all share."""
     parser = argparse.ArgumentParser(prog="cellpipe", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, (module_name, help_text) in COMMANDS.items():
+    commands = {}
+    for name, (_, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.add_argument("--config", "-c", default=None, help="YAML config (see configs/)")
         p.add_argument("--force", action="store_true", help="run even if outputs are up to date")
         p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
-        module = importlib.import_module(module_name)
-        if hasattr(module, "add_arguments"):
-            module.add_arguments(p)
-    return parser
+        commands[name] = p
+    return parser, commands
 
 
 def main(argv: list[str] | None = None) -> int:
     from pipeline.config import load_config
 
-    parser = build_parser()
+    parser, commands = build_parser()
+    known, _ = parser.parse_known_args(argv)
+    # only the chosen command's module is imported: its own flags join its sub-parser
+    module = importlib.import_module(COMMANDS[known.command][0])
+    if hasattr(module, "add_arguments"):
+        module.add_arguments(commands[known.command])
     args = parser.parse_args(argv)
-    module = importlib.import_module(COMMANDS[args.command][0])
     try:
         cfg = load_config(args.config, args.overrides)
         module.main(cfg, args)
