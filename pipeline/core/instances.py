@@ -30,7 +30,7 @@ def _paint(height, width, boxes, flat, offsets, order, min_area, min_keep):  # p
                     own += 1
                     if labels[y0 + r, x0 + c] == 0:
                         free += 1
-        if own == 0 or free < min_area or free < min_keep * own:
+        if own == 0 or free < min_area[i] or free < min_keep[i] * own:
             continue
         n_kept += 1
         for r in range(y1 - y0):
@@ -46,14 +46,15 @@ def paint_instances(
     boxes: np.ndarray,
     masks: Sequence[np.ndarray],
     order: np.ndarray | None = None,
-    min_area: int = 1,
-    min_keep: float = 0.0,
+    min_area: int | np.ndarray = 1,
+    min_keep: float | np.ndarray = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Label image (int32) and the kept instance indices; kept[k] is painted as label k + 1.
 
     boxes: (n, 4) ints x0, y0, x1, y1 (end exclusive) inside the image; masks[i]: bool crop of
     shape (y1 - y0, x1 - x0); order: visiting order (default 0..n-1); an instance is dropped when
-    fewer than `min_area` pixels, or fewer than `min_keep` of its own pixels, are still free.
+    fewer than `min_area` pixels, or fewer than `min_keep` of its own pixels, are still free
+    (each a scalar or one value per instance).
     """
     boxes = np.asarray(boxes, np.int64).reshape(-1, 4)
     height, width = int(shape[0]), int(shape[1])
@@ -73,7 +74,10 @@ def paint_instances(
     offsets = np.concatenate([[0], np.cumsum(sizes)])
     flat = (np.concatenate([m.ravel() for m in masks]) if masks else np.zeros(0)).astype(np.bool_)
     order = np.arange(len(boxes)) if order is None else np.asarray(order, np.int64)
-    return _paint(height, width, boxes, flat, offsets, order, int(min_area), float(min_keep))
+    n = len(boxes)
+    min_area = np.broadcast_to(np.asarray(min_area, np.int64), (n,))
+    min_keep = np.broadcast_to(np.asarray(min_keep, np.float64), (n,))
+    return _paint(height, width, boxes, flat, offsets, order, min_area, min_keep)
 
 
 def order_by_score(scores: np.ndarray) -> np.ndarray:

@@ -1,0 +1,110 @@
+"""From raw predictions to final instances: per-class thresholds and overlap elimination.
+
+Each class has a score threshold, a mask binarisation threshold, a minimum area in pixels and a
+minimum kept fraction (an instance that loses more of its area to better instances is dropped).
+The thresholds applied to an instance are those of the image's class (the mode of its predicted
+classes, as the popular Sartorius notebooks do) or of the instance's own class.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from pipeline.core.errors import CellpipeError
+from pipeline.core.instances import order_by_area, order_by_score, paint_instances
+from pipeline.core.predictions import ImagePredictions
+
+ClassMode = Literal["image", "instance"]
+OverlapOrder = Literal["score", "area"]
+
+
+@dataclass(frozen=True)
+class ClassThresholds:
+    """Thresholds of one class."""
+
+    score: float = 0.5  # keep detections scoring at least this
+    mask: float = 0.5  # mask probability at which a pixel belongs to the instance
+    min_area: int = 10  # pixels an instance must keep after overlap removal
+    min_keep: float = 0.0  # fraction of its own area an instance must keep
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Thresholds per category id, a default for the rest, and how to apply them."""
+
+    per_class: dict[int, ClassThresholds] = field(default_factory=dict)
+    default: ClassThresholds = ClassThresholds()
+    class_mode: ClassMode = "image"
+    order: OverlapOrder = "score"
+
+    def of(self, category: int) -> ClassThresholds:
+        return self.per_class.get(int(category), self.default)
+
+    def to_json(self) -> dict:
+        return {
+            "class_mode": self.class_mode,
+            "order": self.order,
+            "default": asdict(self.default),
+            "per_class": {str(k): asdict(v) for k, v in sorted(self.per_class.items())},
+        }
+
+    @classmethod
+    def from_json(cls, data: dict) -> Thresholds:
+        try:
+            return cls(
+                per_class={int(k): ClassThresholds(**v) for k, v in data["per_class"].items()},
+                default=ClassThresholds(**data["default"]),
+                class_mode=data["class_mode"],
+                order=data["order"],
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise CellpipeError(f"thresholds: malformed ({e})") from None
+
+
+def load_thresholds(path: Path | str) -> Thresholds:
+    """Thresholds written by `tune` (thresholds.json); its CV scores are ignored here."""
+    path = Path(path)
+    if not path.is_file():
+        raise CellpipeError(f"missing thresholds file: {path} (run `cellpipe tune` first)")
+    return Thresholds.from_json(json.loads(path.read_text())["thresholds"])
+
+
+def image_class(labels: np.ndarray) -> int:
+    """The most frequent predicted category (smallest id on ties); 0 for no predictions."""
+    if len(labels) == 0:
+        return 0
+    values, counts = np.unique(labels, return_counts=True)
+    return int(values[np.argmax(counts)])
+
+
+def postprocess_image(
+    pred: ImagePredictions, thresholds: Thresholds
+) -> tuple[np.ndarray, np.ndarray]:
+    """Label image (int32, no shared pixels) and the kept prediction indices, in label order."""
+    if thresholds.class_mode == "image":
+        chosen = thresholds.of(image_class(pred.labels))
+        per_instance = [chosen] * len(pred)
+    else:
+        per_instance = [thresholds.of(c) for c in pred.labels]
+    candidates = [i for i, t in enumerate(per_instance) if pred.scores[i] >= t.score]
+    masks = [pred.masks[i] >= round(per_instance[i].mask * 255) for i in candidates]
+    boxes = pred.boxes[candidates] if candidates else np.zeros((0, 4), np.int64)
+    if thresholds.order == "score":
+        order = order_by_score(pred.scores[candidates])
+    else:
+        order = order_by_area(masks)
+    limits = [per_instance[i] for i in candidates]
+    labels, kept = paint_instances(
+        pred.shape,
+        boxes,
+        masks,
+        order,
+        np.array([t.min_area for t in limits], np.int64),
+        np.array([t.min_keep for t in limits], np.float64),
+    )
+    return labels, np.asarray(candidates, np.int64)[kept]
