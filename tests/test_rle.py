@@ -98,7 +98,7 @@ def test_validation_errors_are_one_line(text, message):
 
 
 def test_error_names_the_instance():
-    with pytest.raises(RLEError, match="instance 1: odd number"):
+    with pytest.raises(RLEError, match="instance 1: invalid RLE: odd number"):
         rle.parse_runs(["1 2", "4 1 6"], (3, 4))
 
 
@@ -115,7 +115,7 @@ def test_empty_shape_is_rejected():
 
 
 def test_overlapping_instances_raise_or_last_wins():
-    with pytest.raises(RLEError, match="instance 1 overlaps"):
+    with pytest.raises(RLEError, match="instance 1: overlaps an earlier"):
         rle.decode_labels(["1 3", "3 2"], (2, 3))
     labels = rle.decode_labels(["1 3", "3 2"], (2, 3), overlap="last")
     np.testing.assert_array_equal(labels, [[1, 1, 2], [2, 0, 0]])

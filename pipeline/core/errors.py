@@ -8,4 +8,12 @@ class CellpipeError(Exception):
 
 
 class RLEError(CellpipeError, ValueError):
-    """A Kaggle run-length encoding that the competition's validator would reject."""
+    """A Kaggle run-length encoding that the competition's validator would reject.
+
+    `detail` says what is wrong; `instance` is the index of the offending text among several.
+    """
+
+    def __init__(self, detail: str, instance: int | None = None):
+        self.detail = detail
+        self.instance = instance
+        super().__init__(detail if instance is None else f"instance {instance}: {detail}")

@@ -136,9 +136,8 @@ def parse_runs(texts: Sequence[str], shape: tuple[int, int]) -> Runs:
     if code != _OK:
         if code in (_NOT_INT, _NON_POSITIVE):
             value = texts[text].split()[token - 1]
-        where = f"instance {text}: " if len(texts) > 1 else ""
         message = _MESSAGES[code].format(token=token, value=value, size=size)
-        raise RLEError(f"invalid RLE: {where}{message}")
+        raise RLEError(f"invalid RLE: {message}", int(text) if len(texts) > 1 else None)
     return Runs(starts, lengths, offsets)
 
 
@@ -177,7 +176,7 @@ def decode_labels(
     size = int(shape[0]) * int(shape[1])
     flat, clash = _paint(runs.starts, runs.lengths, runs.offsets, size, overlap == "last")
     if clash >= 0:
-        raise RLEError(f"instance {clash} overlaps an earlier instance of the same image")
+        raise RLEError("overlaps an earlier instance of the same image", int(clash))
     return _unflat(flat, (int(shape[0]), int(shape[1])), order)
 
 
