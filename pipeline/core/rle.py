@@ -285,12 +285,17 @@ def _as_labels(labels: np.ndarray) -> np.ndarray:
     return labels
 
 
-def encode_labels(labels: np.ndarray, order: Order = "row") -> dict[int, str]:
-    """RLE text of every label > 0 of a label image, in ascending label order."""
+def label_runs(labels: np.ndarray, order: Order = "row") -> Runs:
+    """Runs of every label 1..max of a label image; instance i is label i + 1 (maybe empty)."""
     _check_order(order)
     labels = _as_labels(labels)
     n_labels = int(labels.max()) if labels.size else 0
-    runs = Runs(*_label_runs(_flat(labels, order), n_labels))
+    return Runs(*_label_runs(_flat(labels, order), n_labels))
+
+
+def encode_labels(labels: np.ndarray, order: Order = "row") -> dict[int, str]:
+    """RLE text of every label > 0 of a label image, in ascending label order."""
+    runs = label_runs(labels, order)
     texts = format_runs(runs)
     return {int(i) + 1: texts[i] for i in np.flatnonzero(np.diff(runs.offsets))}
 

@@ -1,0 +1,116 @@
+"""Stage `predict`: out-of-fold predictions (each fold's model on its held-out images) and test
+predictions (every model, every TTA view, merged), stored box-cropped (pipeline.core.predictions).
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from pipeline.config import Config
+from pipeline.core.errors import CellpipeError
+from pipeline.stage import run_stage
+
+
+def test_models(cfg: Config, folds: Sequence[int]) -> list[Path]:
+    """The checkpoints used on the test images."""
+    return list(cfg.predict.checkpoints) or [cfg.layout.finetune_model(k) for k in folds]
+
+
+def _batches(items: Sequence, size: int) -> Iterator[Sequence]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def predict_images(models, images, cfg: Config, category_ids, device, progress: str):
+    """Merged predictions of every (model, TTA view) for each COCO image entry."""
+    import torch
+    from tqdm import tqdm
+
+    from pipeline.core.ensemble import FLIPS, flip_predictions, merge_predictions
+    from pipeline.core.fileio import read_image
+    from pipeline.data import image_to_tensor
+    from pipeline.modeling import predict_instances
+
+    params = cfg.predict
+    out = {}
+    bar = tqdm(total=len(images), desc=progress, unit="img")
+    for batch in _batches(images, params.batch_size):
+        tensors = [
+            image_to_tensor(read_image(cfg.data / im["file_name"])).to(device) for im in batch
+        ]
+        views: list[list] = [[] for _ in batch]
+        for model, classes in models:
+            to_category = torch.tensor([0] + [category_ids.get(c, 0) for c in classes])
+            for view in params.tta:
+                h, v = FLIPS[view]
+                dims = [d for d, flip in ((-1, h), (-2, v)) if flip]
+                flipped = [t.flip(dims) if dims else t for t in tensors]
+                with torch.autocast(device.type, enabled=device.type == "cuda"):
+                    preds = predict_instances(model, flipped, cfg.model.scale)
+                for k, pred in enumerate(preds):
+                    pred.labels = to_category[pred.labels].numpy().astype("int32")
+                    views[k].append(flip_predictions(pred, h, v))
+        for im, image_views in zip(batch, views):
+            stem = Path(im["file_name"]).stem
+            out[stem] = merge_predictions(image_views, params.merge_iou, params.min_votes)
+        bar.update(len(batch))
+    bar.close()
+    return out
+
+
+def predict(cfg: Config) -> None:
+    """Write the predictions of every split in `cfg.predict.splits`."""
+    import torch
+
+    from pipeline.core.fileio import read_json
+    from pipeline.core.predictions import save_predictions
+    from pipeline.modeling import load_model
+    from pipeline.train import fold_image_ids
+
+    layout, params = cfg.layout, cfg.predict
+    device = torch.device(
+        "cuda"
+        if params.device == "cuda" or (params.device == "auto" and torch.cuda.is_available())
+        else "cpu"
+    )
+    train = read_json(layout.coco_train)
+    category_ids = {c["name"]: c["id"] for c in train["categories"]}
+    folds = fold_image_ids(train, layout.folds_csv)
+    chosen = cfg.finetune.folds or sorted(folds)
+    with torch.inference_mode():
+        if "oof" in params.splits:
+            by_id = {im["id"]: im for im in train["images"]}
+            oof = {}
+            for k in chosen:
+                model = load_model(layout.finetune_model(k), device, expected=cfg.model)
+                images = [by_id[i] for i in folds[k]]
+                oof.update(predict_images([model], images, cfg, category_ids, device, f"oof {k}"))
+            save_predictions(layout.predictions("oof"), oof)
+        if "test" in params.splits:
+            test = read_json(layout.coco_test)
+            if not test["images"]:
+                raise CellpipeError(f"no test images in {layout.coco_test}")
+            models = [load_model(p, device, expected=cfg.model) for p in test_models(cfg, chosen)]
+            preds = predict_images(models, test["images"], cfg, category_ids, device, "test")
+            save_predictions(layout.predictions("test"), preds)
+
+
+def main(cfg: Config, args: argparse.Namespace) -> None:
+    layout = cfg.layout
+    folds = cfg.finetune.folds or list(range(cfg.folds.n_folds))
+    checkpoints = (
+        {layout.finetune_model(k) for k in folds} if "oof" in cfg.predict.splits else set()
+    )
+    if "test" in cfg.predict.splits:
+        checkpoints |= set(test_models(cfg, folds))
+    run_stage(
+        "predict",
+        cfg,
+        inputs=[layout.coco_train, layout.coco_test, layout.folds_csv, *sorted(checkpoints)],
+        outputs=[layout.predictions(s) for s in cfg.predict.splits],
+        params=cfg.predict,
+        body=lambda: predict(cfg),
+        force=args.force,
+    )
