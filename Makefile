@@ -12,10 +12,18 @@ INSTALLED := $(VENV)/.installed
 WORK ?= work
 DATA ?= $(WORK)/data
 CONFIG ?= configs/cpu.yaml
-CELLPIPE = $(BIN)/cellpipe --config $(CONFIG) work_dir=$(WORK) data_dir=$(DATA)
+# the synthetic dataset's scores go to a ledger under $(WORK), real data's to the tracked one
+ifeq ($(DATA),$(WORK)/data)
+LEDGER ?= $(WORK)/leaderboard.jsonl
+else
+LEDGER ?= submissions/leaderboard.jsonl
+endif
+SETTINGS = --config $(CONFIG) work_dir=$(WORK) data_dir=$(DATA) score.ledger=$(LEDGER)
+# $(call cellpipe,COMMAND [FLAGS],[key=value ...]): the command first, then all settings
+cellpipe = $(BIN)/cellpipe $(1) $(SETTINGS) $(2)
 
-.PHONY: stages test lint venv clean
-stages: $(WORK)/folds.csv
+.PHONY: stages test lint venv clean leaderboard
+stages: $(WORK)/submission.csv $(WORK)/scores/oof.json
 
 venv: $(INSTALLED)
 $(INSTALLED): pyproject.toml
@@ -27,18 +35,44 @@ $(INSTALLED): pyproject.toml
 ifeq ($(DATA),$(WORK)/data)
 # the embedded synthetic dataset (or `prepare.source=kaggle` in the config)
 $(DATA)/train.csv: $(CONFIG) | $(INSTALLED)
-	$(CELLPIPE) prepare
+	$(call cellpipe,prepare)
 else
 # DATA=/path/to/competition: used as it is; downloaded there from Kaggle if it has no train.csv
 $(DATA)/train.csv: | $(INSTALLED)
-	$(CELLPIPE) prepare prepare.source=kaggle
+	$(call cellpipe,prepare,prepare.source=kaggle)
 endif
 
 $(WORK)/coco/train.json: $(DATA)/train.csv $(CONFIG) | $(INSTALLED)
-	$(CELLPIPE) convert
+	$(call cellpipe,convert)
 
 $(WORK)/folds.csv: $(WORK)/coco/train.json $(CONFIG) | $(INSTALLED)
-	$(CELLPIPE) folds
+	$(call cellpipe,folds)
+
+# --- training -------------------------------------------------------------------------------
+$(WORK)/pretrain/model_final.pth: $(WORK)/coco/train.json $(CONFIG) | $(INSTALLED)
+	$(call cellpipe,pretrain)
+
+$(WORK)/finetune/summary.json: $(WORK)/pretrain/model_final.pth $(WORK)/folds.csv $(CONFIG) | $(INSTALLED)
+	$(call cellpipe,finetune)
+
+# --- inference and submission ---------------------------------------------------------------
+$(WORK)/predictions/oof.npz: $(WORK)/finetune/summary.json $(CONFIG) | $(INSTALLED)
+	$(call cellpipe,predict)
+
+$(WORK)/thresholds.json: $(WORK)/predictions/oof.npz $(CONFIG) | $(INSTALLED)
+	$(call cellpipe,tune)
+
+$(WORK)/postprocess/oof.csv: $(WORK)/thresholds.json $(CONFIG) | $(INSTALLED)
+	$(call cellpipe,postprocess)
+
+$(WORK)/submission.csv: $(WORK)/postprocess/oof.csv $(CONFIG) | $(INSTALLED)
+	$(call cellpipe,submit)
+
+$(WORK)/scores/oof.json: $(WORK)/postprocess/oof.csv $(DATA)/train.csv $(CONFIG) | $(INSTALLED)
+	$(call cellpipe,score --submission $< --output $@ --note out-of-fold)
+
+leaderboard: | $(INSTALLED)
+	$(call cellpipe,leaderboard)
 
 # --- checks ---------------------------------------------------------------------------------
 # pytest exits 5 when it collects no test: that fails here like any other error.

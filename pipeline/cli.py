@@ -17,6 +17,15 @@ COMMANDS = {
     "prepare": ("pipeline.prepare", "download or generate the competition data"),
     "convert": ("pipeline.convert", "competition CSV / label images -> COCO JSON"),
     "folds": ("pipeline.folds", "k-fold split stratified by cell type, grouped by sample"),
+    "pretrain": ("pipeline.pretrain", "train Mask R-CNN on LIVECell"),
+    "finetune": ("pipeline.finetune", "fine-tune the pretrained model on every fold"),
+    "predict": ("pipeline.predict", "out-of-fold and test predictions, with TTA and ensembling"),
+    "tune": ("pipeline.tune", "per-class thresholds that maximise out-of-fold MAP-IoU"),
+    "postprocess": ("pipeline.postprocess", "thresholds and overlap removal -> final instances"),
+    "submit": ("pipeline.submit", "write and validate submission.csv"),
+    "validate": ("pipeline.validate", "check a submission CSV as Kaggle would"),
+    "score": ("pipeline.score", "score a submission CSV against train.csv (MAP-IoU, GlaS)"),
+    "leaderboard": ("pipeline.leaderboard", "the local leaderboard of scored submissions"),
 }
 
 

@@ -66,6 +66,162 @@ class FoldsConfig(Section):
     group_by: str = "sample_id"
 
 
+class ModelConfig(Section):
+    """Mask R-CNN for dense cells; checkpoints record it, so mismatched weights fail clearly."""
+
+    arch: str = "maskrcnn"  # a name in pipeline.modeling.MODELS
+    backbone: str = "resnet50_fpn"  # pipeline.modeling.BACKBONES: resnet{18,34,50}_fpn
+    norm: Literal["frozen_bn", "bn", "gn"] = "frozen_bn"  # backbone normalisation: frozen_bn
+    # with pretrained (ImageNet / COCO) weights; gn (group norm) to train from random weights
+    trainable_layers: int = 5  # backbone stages trained, 0-5 (5: all, needed from random weights)
+    fpn_channels: int = 256  # channels of every FPN level and of the RPN / mask heads' input
+    box_head_dim: int = 1024  # width of the box head's two fully connected layers
+    mask_head_channels: int = 256  # channels of the mask head's four convolutions
+    # anchors: one list of sizes (pixels at model scale) per FPN level (P2-P6), or a single list
+    # used at every level; every level needs the same count (the RPN head is shared). LIVECell's
+    # sizes 4, 9, 17, 31, 64, 127 spread over the five levels, two per level.
+    anchor_sizes: list[list[int]] = [[4, 6], [9, 13], [17, 24], [31, 45], [64, 127]]
+    anchor_ratios: list[float] = [0.25, 0.5, 1.0, 2.0, 4.0]  # height / width
+    rpn_pre_nms_top_n_train: int = 2000  # proposals per FPN level before NMS
+    rpn_post_nms_top_n_train: int = 2000  # proposals per image after NMS
+    rpn_pre_nms_top_n_test: int = 2000
+    rpn_post_nms_top_n_test: int = 2000
+    rpn_batch_size_per_image: int = 256  # anchors sampled per image for the RPN loss
+    roi_batch_size_per_image: int = 512  # proposals sampled per image for the box / mask losses
+    detections_per_image: int = 1000  # COCO's default 100 is far too low for 700 cells
+    score_thresh: float = 0.05  # detections kept above this score (tune later, per class)
+    nms_thresh: float = 0.5  # per-class box NMS at inference
+    scale: float = 1.0  # image scale for training and inference; 1 = native resolution
+    pixel_mean: list[float] = [0.485, 0.456, 0.406]  # of images in [0, 1]; grey uses all three
+    pixel_std: list[float] = [0.229, 0.224, 0.225]
+
+
+class SolverConfig(Section):
+    """SGD with warmup, then step or cosine decay (the seeds: lr 5e-3, momentum 0.9, wd 5e-4)."""
+
+    max_iter: int = 10000
+    ims_per_batch: int = 2  # per process: under torchrun the batch is this x processes
+    base_lr: float = 5e-3
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup_iters: int = 500  # linear warmup from base_lr x warmup_factor
+    warmup_factor: float = 1e-3
+    schedule: Literal["step", "cosine"] = "step"
+    lr_steps: list[float] = [0.6, 0.85]  # step schedule: fractions of max_iter where lr *= gamma
+    gamma: float = 0.1
+    clip_grad_norm: float = 10.0  # 0: no clipping
+    amp: bool = True  # mixed precision on CUDA (the CPU path never uses it)
+    amp_dtype: Literal["float16", "bfloat16"] = "float16"  # float16 (with loss scaling) on T4/P100
+    checkpoint_period: int = 1000  # iterations between checkpoints (also saved on exit)
+    eval_period: int = 1000  # iterations between validations; 0: only at the end
+    log_period: int = 20  # iterations between metrics.jsonl lines
+    seed: int = 0
+    num_workers: int = 4  # data-loader processes per training process
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda when available
+
+
+class FinetuneSolverConfig(SolverConfig):
+    """Fine-tuning from the pretrained model: fewer iterations, lower lr."""
+
+    max_iter: int = 3000
+    base_lr: float = 1e-3
+    warmup_iters: int = 100
+    checkpoint_period: int = 500
+    eval_period: int = 250
+
+
+class AugmentConfig(Section):
+    """Training augmentation; boxes are recomputed from the transformed masks."""
+
+    hflip: float = 0.5  # probability of a horizontal flip
+    vflip: float = 0.5  # probability of a vertical flip
+    rot90: float = 0.5  # probability of a rotation by 90, 180 or 270 degrees
+    brightness: float = 0.1  # offset drawn from [-b, b] (images in [0, 1])
+    contrast: float = 0.1  # factor drawn from [1 - c, 1 + c] about the image mean
+    scale_range: tuple[float, float] = (0.8, 1.25)  # scale jitter on top of model.scale
+    crop: tuple[int, int] | None = None  # (height, width) random crop after scaling; None: all
+
+
+class TrainConfig(Section):
+    """One training run: data selection, initial weights, solver, augmentation, validation."""
+
+    init: str = "random"  # "random", "pretrain" (the pretrain stage's model) or a .pth file:
+    # a cellpipe checkpoint, a torchvision Mask R-CNN state dict or a ResNet (ImageNet) state dict
+    categories: list[str] = []  # train on these source categories only (LIVECell: cell lines)
+    class_map: dict[str, str] = {}  # source category -> model class
+    default_class: str | None = None  # class of categories not in class_map; None: keep name
+    solver: SolverConfig = SolverConfig()
+    augment: AugmentConfig = AugmentConfig()
+    val_max_images: int = 0  # validate on the first N validation images; 0: all
+    val_score_thresh: float = 0.5  # detections painted into validation label images
+    val_mask_thresh: float = 0.5  # mask probability threshold
+
+
+class PretrainConfig(TrainConfig):
+    """LIVECell pretraining: all cell lines as one "cell" class by default."""
+
+    default_class: str | None = "cell"
+
+
+class FinetuneConfig(TrainConfig):
+    """Per-fold fine-tuning on the competition data, from the pretrained model."""
+
+    init: str = "pretrain"
+    folds: list[int] = []  # folds to train; empty: every fold of folds.n_folds
+    solver: FinetuneSolverConfig = FinetuneSolverConfig()
+
+
+class PredictConfig(Section):
+    """Out-of-fold and test predictions, with test-time augmentation and model ensembling."""
+
+    splits: list[Literal["oof", "test"]] = ["oof", "test"]
+    tta: list[Literal["none", "hflip", "vflip", "hvflip"]] = ["none", "hflip"]
+    checkpoints: list[Path] = []  # test models; empty: every fold's best finetune checkpoint
+    merge_iou: float = 0.55  # box IoU above which detections of two views are one instance
+    min_votes: int = 1  # views (x models) that must see an instance for it to be kept
+    batch_size: int = 2
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda when available
+
+
+class ClassThresholdsConfig(Section):
+    """Postprocessing thresholds of one class (see pipeline.core.postprocess)."""
+
+    score: float = 0.5  # keep detections scoring at least this
+    mask: float = 0.5  # mask probability at which a pixel belongs to the instance
+    min_area: int = 10  # pixels an instance must keep after overlap removal
+    min_keep: float = 0.0  # fraction of its own area an instance must keep
+
+
+class TuneConfig(Section):
+    """Per-class threshold search on the out-of-fold predictions, from `start`."""
+
+    class_mode: Literal["image", "instance"] = "image"  # image: the mode of predicted classes
+    order: Literal["score", "area"] = "score"  # overlap removal: best score or biggest first
+    start: ClassThresholdsConfig = ClassThresholdsConfig()  # the defaults, for every class
+    score: list[float] = [0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7]
+    mask: list[float] = [0.3, 0.4, 0.5, 0.6]
+    min_area: list[int] = [0, 10, 25, 50, 75, 100, 150]
+    min_keep: list[float] = [0.0, 0.3, 0.5, 0.7]
+    rounds: int = 2  # passes over every (class, threshold)
+
+
+class SubmitConfig(Section):
+    """Where the submission goes (besides work/submission.csv)."""
+
+    copy_to: Path | None = None  # e.g. /kaggle/working/submission.csv inside a Kaggle notebook
+
+
+class ScoreConfig(Section):
+    """Scoring a submission CSV against train.csv, and the local leaderboard."""
+
+    folds: list[int] = []  # score only the images of these folds (folds.csv); empty: all
+    glas_metrics: list[Literal["object_f1", "object_dice", "object_hausdorff", "count"]] = []
+    # GlaS object metrics next to MAP-IoU (Hausdorff distances make them much slower)
+    record: bool = True  # record every scored submission in the ledger
+    ledger: Path = Path("submissions/leaderboard.jsonl")  # tracked by git; one JSON line each
+    top: int = 10  # leaderboard plots show the best this many entries
+
+
 class Config(Section):
     """Every stage's settings. Paths are relative to the current folder unless absolute."""
 
@@ -74,6 +230,13 @@ class Config(Section):
     prepare: PrepareConfig = PrepareConfig()
     convert: ConvertConfig = ConvertConfig()
     folds: FoldsConfig = FoldsConfig()
+    model: ModelConfig = ModelConfig()
+    pretrain: PretrainConfig = PretrainConfig()
+    finetune: FinetuneConfig = FinetuneConfig()
+    predict: PredictConfig = PredictConfig()
+    tune: TuneConfig = TuneConfig()
+    submit: SubmitConfig = SubmitConfig()
+    score: ScoreConfig = ScoreConfig()
 
     @property
     def data(self) -> Path:
@@ -103,6 +266,28 @@ class Layout:
         self.coco_livecell_val = self.coco_dir / "livecell_val.json"
         self.folds_csv = work / "folds.csv"
         self.manifests = work / "manifests"
+        self.pretrain_dir = work / "pretrain"
+        self.pretrain_model = self.pretrain_dir / "model_final.pth"
+        self.finetune_dir = work / "finetune"
+        self.finetune_summary = self.finetune_dir / "summary.json"  # per-fold validation scores
+        self.predictions_dir = work / "predictions"  # box-cropped predictions, one .npz a split
+        self.thresholds = work / "thresholds.json"
+        self.postprocess_dir = work / "postprocess"  # final instances, one CSV a split
+        self.submission = work / "submission.csv"
+        self.scores_dir = work / "scores"  # one JSON per scored submission
+        self.leaderboard_dir = work / "leaderboard"  # leaderboard plots
+
+    def finetune_run(self, fold: int) -> Path:
+        return self.finetune_dir / f"fold{fold}"
+
+    def finetune_model(self, fold: int) -> Path:
+        return self.finetune_run(fold) / "model_best.pth"
+
+    def predictions(self, split: str) -> Path:
+        return self.predictions_dir / f"{split}.npz"
+
+    def postprocessed(self, split: str) -> Path:
+        return self.postprocess_dir / f"{split}.csv"
 
     def livecell_annotations(self, split: str) -> Path:
         return self.livecell / "annotations" / "LIVECell" / f"livecell_coco_{split}.json"

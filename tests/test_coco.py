@@ -213,3 +213,13 @@ def test_instance_masks_dsb_layout(tmp_path):
         coco.instance_masks_to_coco(tmp_path / "stage1_train", tmp_path)
     with pytest.raises(CellpipeError, match="no <id>/images"):
         coco.instance_masks_to_coco(sample / "masks", tmp_path)
+
+
+def test_images_with_hundreds_of_instances():
+    """pycocotools' area() breaks on 256+ RLEs at once: conversion must not."""
+    labels = np.arange(1, 21 * 21 + 1).reshape(21, 21)
+    texts = list(rle.encode_labels(labels).values())
+    df = pd.DataFrame({"id": "dense", "annotation": texts, "width": 21, "height": 21})
+    result = coco.csv_to_coco(df)
+    assert len(result["annotations"]) == 441
+    assert all(a["area"] == 1 for a in result["annotations"])

@@ -82,7 +82,7 @@ def _coco_counts(starts: np.ndarray, lengths: np.ndarray, size: int) -> list[int
 
 
 def runs_to_coco(runs: rle.Runs, shape: tuple[int, int], order: rle.Order) -> list[dict]:
-    """Compressed COCO RLE ({size, counts: str}) of each instance in `runs`."""
+    """Compressed COCO RLE (pycocotools' {size, counts: bytes}) of each instance in `runs`."""
     height, width = int(shape[0]), int(shape[1])
     objs = []
     for i in range(len(runs.offsets) - 1):
@@ -92,10 +92,7 @@ def runs_to_coco(runs: rle.Runs, shape: tuple[int, int], order: rle.Order) -> li
             starts, lengths = _row_to_column_runs(starts, lengths, height, width)
         counts = _coco_counts(starts, lengths, height * width)
         objs.append({"size": [height, width], "counts": counts})
-    encoded = mask_utils.frPyObjects(objs, height, width) if objs else []
-    for obj in encoded:
-        obj["counts"] = obj["counts"].decode("ascii")
-    return encoded
+    return mask_utils.frPyObjects(objs, height, width) if objs else []
 
 
 def coco_to_kaggle(segmentation: dict | list, shape: tuple[int, int], order: rle.Order) -> str:
@@ -113,14 +110,18 @@ def coco_to_kaggle(segmentation: dict | list, shape: tuple[int, int], order: rle
 def _annotations(
     rles: Sequence[dict], image_id: int, category_ids: Sequence[int], first_id: int
 ) -> list[dict]:
-    areas = mask_utils.area(list(rles)) if rles else []
+    """COCO annotations of compressed RLEs (bytes counts, as pycocotools wants them for area and
+    bbox); the JSON gets the counts as text."""
+    # pycocotools 2.0.11 with numpy 2 overflows in area() for lists of 256+ RLEs: go by chunks
+    chunks = [list(rles[i : i + 255]) for i in range(0, len(rles), 255)]
+    areas = [a for chunk in chunks for a in mask_utils.area(chunk)]
     boxes = mask_utils.toBbox(list(rles)) if rles else []
     return [
         {
             "id": first_id + k,
             "image_id": image_id,
             "category_id": int(category_ids[k]),
-            "segmentation": obj,
+            "segmentation": {"size": obj["size"], "counts": obj["counts"].decode("ascii")},
             "area": int(areas[k]),
             "bbox": [float(v) for v in boxes[k]],
             "iscrowd": 0,
@@ -305,7 +306,6 @@ def read_livecell(json_path: Path | str, image_dir: Path, data_root: Path) -> di
                 obj = {**seg, "counts": seg["counts"].encode("ascii")}
             if mask_utils.area(obj) == 0:
                 continue
-            obj["counts"] = obj["counts"].decode("ascii")
             rles.append(obj)
         annotations += _annotations(
             rles, new_id, [category_of[line]] * len(rles), len(annotations) + 1
