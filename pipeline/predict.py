@@ -13,9 +13,9 @@ from pipeline.core.errors import CellpipeError
 from pipeline.stage import run_stage
 
 
-def test_models(cfg: Config, folds: Sequence[int]) -> list[Path]:
-    """The checkpoints used on the test images."""
-    return list(cfg.predict.checkpoints) or [cfg.layout.finetune_model(k) for k in folds]
+def test_models(cfg: Config) -> list[Path]:
+    """The checkpoints used on the test images: `predict.checkpoints`, or every fold's."""
+    return list(cfg.predict.checkpoints) or [cfg.layout.finetune_model(k) for k in fold_list(cfg)]
 
 
 def _batches(items: Sequence, size: int) -> Iterator[Sequence]:
@@ -75,40 +75,51 @@ def predict(cfg: Config) -> None:
         if params.device == "cuda" or (params.device == "auto" and torch.cuda.is_available())
         else "cpu"
     )
-    train = read_json(layout.coco_train)
-    category_ids = {c["name"]: c["id"] for c in train["categories"]}
-    folds = fold_image_ids(train, layout.folds_csv)
-    chosen = cfg.finetune.folds or sorted(folds)
     with torch.inference_mode():
         if "oof" in params.splits:
+            train = read_json(layout.coco_train)
+            category_ids = {c["name"]: c["id"] for c in train["categories"]}
             by_id = {im["id"]: im for im in train["images"]}
+            folds = fold_image_ids(train, layout.folds_csv)
             oof = {}
-            for k in chosen:
+            for k in fold_list(cfg):
                 model = load_model(layout.finetune_model(k), device, expected=cfg.model)
                 images = [by_id[i] for i in folds[k]]
                 oof.update(predict_images([model], images, cfg, category_ids, device, f"oof {k}"))
             save_predictions(layout.predictions("oof"), oof)
         if "test" in params.splits:
-            test = read_json(layout.coco_test)
+            test = read_json(layout.coco_test)  # its categories are the training ones
             if not test["images"]:
                 raise CellpipeError(f"no test images in {layout.coco_test}")
-            models = [load_model(p, device, expected=cfg.model) for p in test_models(cfg, chosen)]
+            category_ids = {c["name"]: c["id"] for c in test["categories"]}
+            models = [load_model(p, device, expected=cfg.model) for p in test_models(cfg)]
             preds = predict_images(models, test["images"], cfg, category_ids, device, "test")
             save_predictions(layout.predictions("test"), preds)
 
 
+def fold_list(cfg: Config) -> list[int]:
+    """The folds that have a fine-tuned model."""
+    return list(cfg.finetune.folds) or list(range(cfg.folds.n_folds))
+
+
+def inputs(cfg: Config) -> list[Path]:
+    """What `predict` reads for the chosen splits."""
+    layout = cfg.layout
+    files: list[Path] = []
+    if "oof" in cfg.predict.splits:
+        files += [layout.coco_train, layout.folds_csv]
+        files += [layout.finetune_model(k) for k in fold_list(cfg)]
+    if "test" in cfg.predict.splits:
+        files += [layout.coco_test, *test_models(cfg)]
+    return list(dict.fromkeys(files))
+
+
 def main(cfg: Config, args: argparse.Namespace) -> None:
     layout = cfg.layout
-    folds = cfg.finetune.folds or list(range(cfg.folds.n_folds))
-    checkpoints = (
-        {layout.finetune_model(k) for k in folds} if "oof" in cfg.predict.splits else set()
-    )
-    if "test" in cfg.predict.splits:
-        checkpoints |= set(test_models(cfg, folds))
     run_stage(
         "predict",
         cfg,
-        inputs=[layout.coco_train, layout.coco_test, layout.folds_csv, *sorted(checkpoints)],
+        inputs=inputs(cfg),
         outputs=[layout.predictions(s) for s in cfg.predict.splits],
         params=cfg.predict,
         body=lambda: predict(cfg),
