@@ -26,6 +26,8 @@ COMMANDS = {
     "validate": ("pipeline.validate", "check a submission CSV as Kaggle would"),
     "score": ("pipeline.score", "score a submission CSV against train.csv (MAP-IoU, GlaS)"),
     "leaderboard": ("pipeline.leaderboard", "the local leaderboard of scored submissions"),
+    "kernels": ("pipeline.kernels", "offline Kaggle bundle, inference and training notebooks"),
+    "push": ("pipeline.push", "upload the bundle and kernels to Kaggle, submit the inference"),
 }
 
 

@@ -222,6 +222,37 @@ class ScoreConfig(Section):
     top: int = 10  # leaderboard plots show the best this many entries
 
 
+class KernelsConfig(Section):
+    """Offline Kaggle kernels (`cellpipe kernels`) and their upload (`cellpipe push`).
+
+    Slugs are the titles slugified, as Kaggle derives them; the competition is
+    `prepare.competition`.
+    """
+
+    owner: str | None = None  # Kaggle user owning dataset and kernels; None: the Kaggle config's
+    dataset_title: str = "cellpipe bundle"  # the bundle dataset (title and slug 6-50 characters)
+    inference_title: str = "cellpipe inference"  # the code-submission notebook (5+ characters)
+    train_title: str = "cellpipe train"  # the GPU fine-tuning notebook
+    license: str = "CC0-1.0"  # the dataset's one license
+    public: bool = False  # dataset and kernels stay private unless set
+    checkpoints: list[Path] = []  # bundled test models; empty: predict's (every fold's best)
+    include_pretrained: bool = True  # bundle the pretrain model: the training kernel starts there
+    train_config: Path | None = None  # the training kernel's config (e.g. configs/kaggle_gpu.yaml);
+    # None: this run's config
+    train_overrides: list[str] = []  # key=value on top of it, e.g. finetune.folds=[0]
+    wheels: list[str] = []  # requirements missing from the Kaggle image, bundled as wheels
+    find_links: list[Path] = []  # local folders `pip download` may take those wheels from
+    no_index: bool = False  # take them from find_links only, never from PyPI
+    python_version: str = "3.11"  # the Kaggle image's Python and platforms, for pip download
+    platforms: list[str] = ["manylinux2014_x86_64", "manylinux_2_28_x86_64"]
+    extra_files: list[Path] = []  # more files for the bundle's files/ folder
+    submit: bool = True  # push: submit the new inference version once it has run on Kaggle
+    push_train: bool = False  # push: also push (and so start) the training kernel
+    wait_minutes: float = 180  # push: how long to wait for the dataset and the inference run
+    poll_seconds: float = 30  # push: time between status checks
+    message: str = "cellpipe"  # push: dataset version notes and submission description
+
+
 class Config(Section):
     """Every stage's settings. Paths are relative to the current folder unless absolute."""
 
@@ -237,6 +268,7 @@ class Config(Section):
     tune: TuneConfig = TuneConfig()
     submit: SubmitConfig = SubmitConfig()
     score: ScoreConfig = ScoreConfig()
+    kernels: KernelsConfig = KernelsConfig()
 
     @property
     def data(self) -> Path:
@@ -276,6 +308,10 @@ class Layout:
         self.submission = work / "submission.csv"
         self.scores_dir = work / "scores"  # one JSON per scored submission
         self.leaderboard_dir = work / "leaderboard"  # leaderboard plots
+        self.kernels_dir = work / "kernels"  # what `cellpipe push` uploads to Kaggle:
+        self.kernels_bundle = self.kernels_dir / "bundle"  # the dataset (wheels, models, config)
+        self.kernels_inference = self.kernels_dir / "inference"  # the code-submission notebook
+        self.kernels_train = self.kernels_dir / "train"  # the GPU fine-tuning notebook
 
     def finetune_run(self, fold: int) -> Path:
         return self.finetune_dir / f"fold{fold}"

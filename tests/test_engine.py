@@ -1,0 +1,208 @@
+"""Training loop and stages: loss goes down, exact resume, divergence, pretrain -> finetune, DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+from test_data import tiny_coco, write_coco
+from test_modeling import TINY
+
+from pipeline import cli
+from pipeline.config import SolverConfig
+from pipeline.core.errors import CellpipeError
+from pipeline.data import ClassMapping, CocoInstances, load_records
+from pipeline.engine import Context, fit, lr_factor
+from pipeline.modeling import build_model, read_checkpoint
+
+pytestmark = pytest.mark.slow
+CPU = Context(0, 1, torch.device("cpu"))
+SOLVER = SolverConfig(
+    max_iter=12,
+    base_lr=0.02,
+    warmup_iters=2,
+    checkpoint_period=4,
+    eval_period=5,
+    log_period=1,
+    num_workers=0,
+    device="cpu",
+)
+
+
+def dataset(root: Path, n_images: int = 4) -> tuple[CocoInstances, list[str]]:
+    coco = tiny_coco(root, n_images=n_images)
+    mapping = ClassMapping.from_categories(coco["categories"])
+    records, _ = load_records(coco, root, mapping)
+    return CocoInstances(records), mapping.classes
+
+
+def train(
+    run_dir: Path, data: CocoInstances, solver: SolverConfig, validate=None
+) -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = build_model(TINY, 3)
+    meta = {"model_config": TINY.model_dump(mode="json"), "classes": ["a", "b"], "params": {"x": 1}}
+    fit(model, data, solver, run_dir, meta, CPU, validate=validate)
+    return model
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_lr_schedule():
+    step = SolverConfig(max_iter=100, warmup_iters=10, warmup_factor=0.1, lr_steps=[0.5, 0.8])
+    assert lr_factor(step, 0) == pytest.approx(0.1)
+    assert lr_factor(step, 5) == pytest.approx(0.55)
+    assert [lr_factor(step, i) for i in (10, 49, 50, 79, 80)] == pytest.approx(
+        [1, 1, 0.1, 0.1, 0.01]
+    )
+    cosine = step.model_copy(update={"schedule": "cosine", "warmup_iters": 0})
+    assert [lr_factor(cosine, i) for i in (0, 50, 100)] == pytest.approx([1, 0.5, 0])
+
+
+def test_a_few_iterations_decrease_the_loss(tmp_path):
+    data, _ = dataset(tmp_path / "data")
+    solver = SOLVER.model_copy(update={"max_iter": 30, "eval_period": 0})
+    train(tmp_path / "run", data, solver)
+    losses = [m["loss"] for m in metrics(tmp_path / "run") if "loss" in m]
+    assert len(losses) == 30
+    assert sum(losses[-5:]) < 0.7 * sum(losses[:5])
+    final = read_checkpoint(tmp_path / "run" / "model_final.pth")
+    assert final["iteration"] == 30 and "optimizer" not in final
+    assert (tmp_path / "run" / "model_best.pth").is_file()  # no validation: the final model
+
+
+def test_resume_after_interrupt_gives_the_same_weights(tmp_path):
+    data, _ = dataset(tmp_path / "data")
+    scores = iter([0.3, 0.5, 0.6])
+    straight = train(tmp_path / "a", data, SOLVER, validate=lambda m: {"map_iou": next(scores)})
+
+    def interrupt(model):
+        os.kill(os.getpid(), signal.SIGINT)  # a real Ctrl-C: the loop stops after one iteration
+        return {"map_iou": 0.3}
+
+    with pytest.raises(KeyboardInterrupt):
+        train(tmp_path / "b", data, SOLVER, validate=interrupt)
+    stopped = read_checkpoint(tmp_path / "b" / "checkpoint.pth")
+    assert stopped["iteration"] == 6 and not (tmp_path / "b" / "model_final.pth").exists()
+    scores = iter([0.5, 0.6])
+    resumed = train(tmp_path / "b", data, SOLVER, validate=lambda m: {"map_iou": next(scores)})
+    for key, value in straight.state_dict().items():
+        assert torch.equal(value, resumed.state_dict()[key]), key
+    log, reference = metrics(tmp_path / "b"), metrics(tmp_path / "a")
+    assert [m["iteration"] for m in log if "loss" in m] == list(range(1, 13))
+    assert [m.get("loss") for m in log] == [m.get("loss") for m in reference]
+    best = read_checkpoint(tmp_path / "b" / "model_best.pth")
+    assert (best["iteration"], best["best"]["score"]) == (12, 0.6)
+
+
+def test_divergence_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    data, _ = dataset(tmp_path / "data")
+    solver = SOLVER.model_copy(
+        update={"base_lr": 1e6, "warmup_iters": 0, "clip_grad_norm": 0, "checkpoint_period": 1}
+    )
+    with pytest.raises(CellpipeError, match="diverged .* the last good checkpoint is"):
+        train(tmp_path / "run", data, solver)
+    last = read_checkpoint(tmp_path / "run" / "checkpoint.pth")
+    assert all(torch.isfinite(v).all() for v in last["model"].values() if v.is_floating_point())
+    assert not (tmp_path / "run" / "model_final.pth").exists()
+
+
+def test_no_readable_training_image_is_an_error(tmp_path):
+    data, _ = dataset(tmp_path / "data", n_images=2)
+    for path in (tmp_path / "data" / "train").iterdir():
+        path.write_bytes(b"garbage")
+    with (
+        pytest.warns(UserWarning, match="unreadable"),
+        pytest.raises(CellpipeError, match="no readable training image"),
+    ):
+        train(tmp_path / "run", data, SOLVER)
+
+
+# --- the stages --------------------------------------------------------------------------------
+
+
+def workspace(tmp_path: Path) -> tuple[Path, list[str]]:
+    """Data folder, COCO files, folds.csv and a tiny config; returns (config, base args)."""
+    data, work = tmp_path / "data", tmp_path / "work"
+    train = tiny_coco(data, n_images=6, categories=("astro", "cort"))
+    write_coco(work / "coco" / "train.json", train)
+    lines = {**train, "categories": [{"id": 1, "name": "A172"}, {"id": 2, "name": "SHSY5Y"}]}
+    write_coco(work / "coco" / "livecell_train.json", lines)
+    write_coco(work / "coco" / "livecell_val.json", lines)
+    stems = [Path(im["file_name"]).stem for im in train["images"]]
+    pd.DataFrame({"id": stems, "fold": [0, 1, 0, 1, 0, 1]}).to_csv(work / "folds.csv", index=False)
+    solver = SOLVER.model_dump(mode="json") | {"max_iter": 6, "eval_period": 3}
+    config = {
+        "model": TINY.model_dump(mode="json"),
+        "pretrain": {"solver": solver, "val_max_images": 2},
+        "finetune": {"solver": solver | {"base_lr": 0.01}},
+    }
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(config))
+    return tmp_path / "cfg.yaml", [f"work_dir={work}", f"data_dir={data}"]
+
+
+def test_pretrain_then_finetune(tmp_path, capsys):
+    config, base = workspace(tmp_path)
+    work = tmp_path / "work"
+    assert cli.main(["pretrain", "-c", str(config), *base]) == 0
+    assert read_checkpoint(work / "pretrain" / "model_final.pth")["classes"] == ["cell"]
+    assert (work / "pretrain" / "config.yaml").is_file()
+    assert cli.main(["finetune", "-c", str(config), *base]) == 0
+    out = capsys.readouterr()
+    assert "class heads new (classes ['cell'] -> ['astro', 'cort'])" in out.err + out.out
+    summary = json.loads((work / "finetune" / "summary.json").read_text())
+    assert set(summary["folds"]) == {"0", "1"}
+    for k in (0, 1):
+        best = read_checkpoint(work / "finetune" / f"fold{k}" / "model_best.pth")
+        assert best["classes"] == ["astro", "cort"] and best["iteration"] in (3, 6)
+        assert summary["folds"][str(k)]["map_iou"] == best["best"]["score"]
+        val = [m for m in metrics(work / "finetune" / f"fold{k}") if "val_map_iou" in m]
+        assert [m["val_images"] for m in val] == [3, 3]  # the fold's held-out images
+    assert cli.main(["finetune", "-c", str(config), *base]) == 0
+    assert capsys.readouterr().out.count("up to date") == 2
+
+
+def test_stage_user_errors_are_one_line(tmp_path, capsys):
+    config, base = workspace(tmp_path)
+    cases = [
+        (["finetune.folds=[4]"], r"finetune.folds \[4\]: .* has folds \[0, 1\]"),
+        (["finetune.init=/nowhere.pth"], "missing input /nowhere.pth"),
+        (["finetune.categories=[HeLa]", "finetune.folds=[0]", "finetune.init=random"], "HeLa"),
+        (["model.backbone=vgg", "finetune.folds=[0]", "finetune.init=random"], "unknown backbone"),
+    ]
+    for overrides, message in cases:
+        assert cli.main(["finetune", "-c", str(config), *base, *overrides]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and re.search(message, err), err
+    (tmp_path / "work" / "folds.csv").unlink()
+    assert cli.main(["finetune", "-c", str(config), *base]) == 2
+    assert "missing input" in capsys.readouterr().err
+
+
+def test_ddp_with_two_cpu_processes(tmp_path):
+    config, base = workspace(tmp_path)
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+        "-m", "pipeline", "finetune", "-c", str(config), *base,
+        "finetune.init=random", "finetune.folds=[1]", "finetune.solver.max_iter=4",
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    best = read_checkpoint(tmp_path / "work" / "finetune" / "fold1" / "model_best.pth")
+    assert best["iteration"] in (3, 4)
+    checkpoint = read_checkpoint(tmp_path / "work" / "finetune" / "fold1" / "checkpoint.pth")
+    assert len(checkpoint["rng"]) == 2  # both processes' RNG, for an exact resume
+    log = metrics(tmp_path / "work" / "finetune" / "fold1")
+    assert [m["iteration"] for m in log if "loss" in m] == [1, 2, 3, 4]
