@@ -21,6 +21,10 @@ endif
 SETTINGS = --config $(CONFIG) work_dir=$(WORK) data_dir=$(DATA) score.ledger=$(LEDGER)
 # $(call cellpipe,COMMAND [FLAGS],[key=value ...]): the command first, then all settings
 cellpipe = $(BIN)/cellpipe $(1) $(SETTINGS) $(2)
+# training processes (GPUs): pretrain and finetune run under torchrun when NPROC > 1
+NPROC ?= 1
+TRAIN = $(if $(filter-out 1,$(NPROC)),$(BIN)/torchrun --standalone --nproc_per_node $(NPROC) -m pipeline,$(BIN)/cellpipe)
+train = $(TRAIN) $(1) $(SETTINGS) $(2)
 
 .PHONY: stages test lint venv clean leaderboard
 stages: $(WORK)/submission.csv $(WORK)/scores/oof.json
@@ -50,10 +54,10 @@ $(WORK)/folds.csv: $(WORK)/coco/train.json $(CONFIG) | $(INSTALLED)
 
 # --- training -------------------------------------------------------------------------------
 $(WORK)/pretrain/model_final.pth: $(WORK)/coco/train.json $(CONFIG) | $(INSTALLED)
-	$(call cellpipe,pretrain)
+	$(call train,pretrain)
 
 $(WORK)/finetune/summary.json: $(WORK)/pretrain/model_final.pth $(WORK)/folds.csv $(CONFIG) | $(INSTALLED)
-	$(call cellpipe,finetune)
+	$(call train,finetune)
 
 # --- inference and submission ---------------------------------------------------------------
 $(WORK)/predictions/oof.npz: $(WORK)/finetune/summary.json $(CONFIG) | $(INSTALLED)

@@ -47,8 +47,7 @@ def predict_images(models, images, cfg: Config, category_ids, device, progress: 
                 h, v = FLIPS[view]
                 dims = [d for d, flip in ((-1, h), (-2, v)) if flip]
                 flipped = [t.flip(dims) if dims else t for t in tensors]
-                with torch.autocast(device.type, enabled=device.type == "cuda"):
-                    preds = predict_instances(model, flipped, cfg.model.scale)
+                preds = predict_instances(model, flipped, cfg.model.scale)  # float32: exact boxes
                 for k, pred in enumerate(preds):
                     pred.labels = to_category[pred.labels].numpy().astype("int32")
                     views[k].append(flip_predictions(pred, h, v))

@@ -22,8 +22,8 @@ from torch.utils.data import DataLoader
 from pipeline.config import Config, ModelConfig, Section, TrainConfig, dump_yaml
 from pipeline.core.errors import CellpipeError
 from pipeline.core.fileio import read_json, write_json, write_text
-from pipeline.core.instances import order_by_score, paint_instances
 from pipeline.core.metrics import map_iou
+from pipeline.core.postprocess import ClassThresholds, Thresholds, postprocess_image
 from pipeline.data import ClassMapping, CocoImages, CocoInstances, load_records, notes_line
 from pipeline.engine import Context, distributed_context, fit
 from pipeline.modeling import build_model, load_weights, predict_instances, read_checkpoint
@@ -61,18 +61,14 @@ def evaluate(
 ) -> dict[str, float]:
     """Mean MAP-IoU of the model (eval mode) over the dataset's images."""
     loader = DataLoader(dataset, batch_size=1, num_workers=num_workers, collate_fn=_first)
+    thresholds = Thresholds(default=ClassThresholds(score_thresh, mask_thresh, min_area=1))
     scores = []
     for item in loader:
         if item is None:
             continue
         image, truth = item
         pred = predict_instances(model, [image.to(device)], scale, score_thresh)[0]  # float32
-        keep = np.flatnonzero(pred.scores >= score_thresh)
-        masks = [pred.masks[i] > mask_thresh * 255 for i in keep]
-        labels, _ = paint_instances(
-            pred.shape, pred.boxes[keep], masks, order_by_score(pred.scores[keep])
-        )
-        scores.append(map_iou(truth, labels))
+        scores.append(map_iou(truth, postprocess_image(pred, thresholds)[0]))
     if not scores:
         raise CellpipeError("no readable validation image")
     return {"map_iou": float(np.mean(scores)), "images": len(scores)}
