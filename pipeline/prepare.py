@@ -1,0 +1,130 @@
+"""Stage `prepare`: the competition data folder, generated (synthetic) or downloaded from Kaggle.
+
+`prepare.source=synthetic` writes the embedded synthetic dataset in the competition's layout.
+`prepare.source=kaggle` runs the real Kaggle client (`kaggle competitions download -c ...`) into a
+partial folder beside the data folder (the client resumes an interrupted download), unzips it there
+and renames it into place.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+from pathlib import Path
+
+from pipeline.config import Config
+from pipeline.core.errors import CellpipeError
+from pipeline.stage import run_stage
+
+
+def write_synthetic(cfg: Config) -> None:
+    """Generate the synthetic competition folder at `cfg.data`, atomically."""
+    import json
+
+    from pipeline.core.fileio import atomic_dir
+    from pipeline.core.synthetic import MARKER_FILE, write_dataset
+
+    data = cfg.data
+    if data.exists() and any(data.iterdir()) and not (data / MARKER_FILE).exists():
+        raise CellpipeError(
+            f"{data} holds data cellpipe did not generate: not overwriting it "
+            "(choose another data_dir, or prepare.source=kaggle to download there)"
+        )
+    with atomic_dir(data) as tmp:
+        write_dataset(tmp, cfg.prepare.synthetic)
+        # the marker: prepare may replace only folders it generated
+        (tmp / MARKER_FILE).write_text(json.dumps(cfg.prepare.synthetic.model_dump(), indent=1))
+    print(f"prepare: synthetic competition data -> {data}")
+
+
+def _credentials_present() -> bool:
+    if os.environ.get("KAGGLE_API_TOKEN") or (
+        os.environ.get("KAGGLE_USERNAME") and os.environ.get("KAGGLE_KEY")
+    ):
+        return True
+    folder = Path(os.environ.get("KAGGLE_CONFIG_DIR") or Path.home() / ".kaggle")
+    return (folder / "kaggle.json").is_file() or (folder / "access_token").is_file()
+
+
+def _download_error(error: Exception, competition: str) -> CellpipeError:
+    """A one-line explanation of a failed Kaggle call."""
+    import requests
+
+    status = getattr(getattr(error, "response", None), "status_code", None)
+    if status in (401, 403):
+        return CellpipeError(
+            f"Kaggle refused the download ({status}): check your credentials and accept the "
+            f"rules at https://www.kaggle.com/competitions/{competition}/rules"
+        )
+    if status == 404:
+        return CellpipeError(f"Kaggle has no competition {competition!r} (404)")
+    if isinstance(error, requests.exceptions.ConnectionError | requests.exceptions.Timeout):
+        return CellpipeError(
+            "cannot reach Kaggle (no network?): run `prepare` where kaggle.com is reachable, "
+            "or use the embedded synthetic data (prepare.source=synthetic)"
+        )
+    return CellpipeError(f"Kaggle download failed: {str(error).splitlines()[0]}")
+
+
+def download_competition(competition: str, data: Path) -> None:
+    """Download and unzip a competition's files into `data`, through a resumable partial folder."""
+    import zipfile
+
+    from tqdm import tqdm
+
+    if data.exists() and any(data.iterdir()):
+        raise CellpipeError(f"{data} is not empty but has no train.csv: not downloading into it")
+    if not _credentials_present():
+        raise CellpipeError(
+            "no Kaggle credentials: put kaggle.json in ~/.kaggle (or set KAGGLE_USERNAME and "
+            "KAGGLE_KEY); the default synthetic data needs none (prepare.source=synthetic)"
+        )
+    partial = data.parent / f".{data.name}.download"
+    partial.mkdir(parents=True, exist_ok=True)
+    try:
+        from kaggle.api.kaggle_api_extended import KaggleApi
+
+        api = KaggleApi()
+        api.authenticate()
+        api.competition_download_files(competition, path=str(partial), quiet=False)
+    except CellpipeError:
+        raise
+    except (Exception, SystemExit) as e:  # the client raises bare HTTP/OS errors or exits
+        raise _download_error(e, competition) from None
+    archive = partial / f"{competition}.zip"
+    if not archive.is_file():
+        raise CellpipeError(f"the Kaggle client wrote no {archive.name} in {partial}")
+    extracted = partial / "extracted"
+    shutil.rmtree(extracted, ignore_errors=True)
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            for member in tqdm(zf.infolist(), desc="unzip", unit="file"):
+                zf.extract(member, extracted)
+    except zipfile.BadZipFile:
+        archive.unlink()  # a broken download: the next run fetches it again
+        raise CellpipeError(f"{archive} is not a valid zip (deleted; run prepare again)") from None
+    if not (extracted / "train.csv").is_file():
+        raise CellpipeError(f"the downloaded archive has no train.csv ({archive})")
+    if data.exists():
+        data.rmdir()  # empty, checked above
+    os.replace(extracted, data)
+    shutil.rmtree(partial)
+    print(f"prepare: {competition} -> {data}")
+
+
+def main(cfg: Config, args: argparse.Namespace) -> None:
+    params = cfg.prepare
+    if params.source == "synthetic":
+        body = lambda: write_synthetic(cfg)  # noqa: E731
+    else:
+        body = lambda: download_competition(params.competition, cfg.data)  # noqa: E731
+    run_stage(
+        "prepare",
+        cfg,
+        inputs=[],
+        outputs=[cfg.layout.train_csv],
+        params=params,
+        body=body,
+        force=args.force,
+    )
