@@ -32,15 +32,16 @@ COMMANDS = {
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
-    """The top-level parser and one sub-parser per command, with the arguments all share."""
-    parser = argparse.ArgumentParser(prog="cellpipe", description=__doc__.splitlines()[0])
+    """The top-level parser and one sub-parser per command, with the options all share."""
+    parser = argparse.ArgumentParser(
+        prog="cellpipe", description="cellpipe: a Kaggle pipeline for cell instance segmentation"
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands = {}
     for name, (_, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.add_argument("--config", "-c", default=None, help="YAML config (see configs/)")
         p.add_argument("--force", action="store_true", help="run even if outputs are up to date")
-        p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
         commands[name] = p
     return parser, commands
 
@@ -48,21 +49,28 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
 def main(argv: list[str] | None = None) -> int:
     from pipeline.config import load_config
 
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser, commands = build_parser()
-    known, _ = parser.parse_known_args(argv)
-    # only the chosen command's module is imported: its own flags join its sub-parser
-    module = importlib.import_module(COMMANDS[known.command][0])
+    if not argv or argv[0] not in COMMANDS:
+        parser.parse_args(argv)  # prints the help, or the error for a missing/unknown command
+    command = argv[0]
+    # only the chosen command's module is imported; its own arguments come before the overrides,
+    # and options may stand anywhere (`validate FILE --config C key=value`)
+    module = importlib.import_module(COMMANDS[command][0])
+    sub = commands[command]
     if hasattr(module, "add_arguments"):
-        module.add_arguments(commands[known.command])
-    args = parser.parse_args(argv)
+        module.add_arguments(sub)
+    sub.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
+    args = sub.parse_intermixed_args(argv[1:])
+    args.command = command
     try:
         cfg = load_config(args.config, args.overrides)
         module.main(cfg, args)
     except CellpipeError as e:
-        print(f"cellpipe {args.command}: error: {e}", file=sys.stderr)
+        print(f"cellpipe {command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"cellpipe {args.command}: interrupted", file=sys.stderr)
+        print(f"cellpipe {command}: interrupted", file=sys.stderr)
         return 130
     return 0
 

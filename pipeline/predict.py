@@ -23,39 +23,51 @@ def _batches(items: Sequence, size: int) -> Iterator[Sequence]:
         yield items[start : start + size]
 
 
+def read_checked(data: Path, image: dict):
+    """An image file, checked against the size its COCO entry declares."""
+    from pipeline.core.fileio import read_image
+
+    pixels = read_image(data / image["file_name"])
+    declared = (image["height"], image["width"])
+    if pixels.shape[:2] != declared:
+        raise CellpipeError(
+            f"{data / image['file_name']} is {pixels.shape[0]}x{pixels.shape[1]} but was "
+            f"{declared[0]}x{declared[1]} when converted (rerun `cellpipe convert`)"
+        )
+    return pixels
+
+
 def predict_images(models, images, cfg: Config, category_ids, device, progress: str):
     """Merged predictions of every (model, TTA view) for each COCO image entry."""
     import torch
     from tqdm import tqdm
 
     from pipeline.core.ensemble import FLIPS, flip_predictions, merge_predictions
-    from pipeline.core.fileio import read_image
     from pipeline.data import image_to_tensor
     from pipeline.modeling import predict_instances
 
     params = cfg.predict
     out = {}
-    bar = tqdm(total=len(images), desc=progress, unit="img")
-    for batch in _batches(images, params.batch_size):
-        tensors = [
-            image_to_tensor(read_image(cfg.data / im["file_name"])).to(device) for im in batch
-        ]
-        views: list[list] = [[] for _ in batch]
-        for model, classes in models:
-            to_category = torch.tensor([0] + [category_ids.get(c, 0) for c in classes])
-            for view in params.tta:
-                h, v = FLIPS[view]
-                dims = [d for d, flip in ((-1, h), (-2, v)) if flip]
-                flipped = [t.flip(dims) if dims else t for t in tensors]
-                preds = predict_instances(model, flipped, cfg.model.scale)  # float32: exact boxes
-                for k, pred in enumerate(preds):
-                    pred.labels = to_category[pred.labels].numpy().astype("int32")
-                    views[k].append(flip_predictions(pred, h, v))
-        for im, image_views in zip(batch, views):
-            stem = Path(im["file_name"]).stem
-            out[stem] = merge_predictions(image_views, params.merge_iou, params.min_votes)
-        bar.update(len(batch))
-    bar.close()
+    with tqdm(total=len(images), desc=progress, unit="img") as bar:  # closed before errors
+        for batch in _batches(images, params.batch_size):
+            tensors = [image_to_tensor(read_checked(cfg.data, im)).to(device) for im in batch]
+            views: list[list] = [[] for _ in batch]
+            for model, classes in models:
+                to_category = torch.tensor([0] + [category_ids.get(c, 0) for c in classes])
+                for view in params.tta:
+                    h, v = FLIPS[view]
+                    dims = [d for d, flip in ((-1, h), (-2, v)) if flip]
+                    flipped = [t.flip(dims) if dims else t for t in tensors]
+                    preds = predict_instances(
+                        model, flipped, cfg.model.scale
+                    )  # float32: exact boxes
+                    for k, pred in enumerate(preds):
+                        pred.labels = to_category[pred.labels].numpy().astype("int32")
+                        views[k].append(flip_predictions(pred, h, v))
+            for im, image_views in zip(batch, views):
+                stem = Path(im["file_name"]).stem
+                out[stem] = merge_predictions(image_views, params.merge_iou, params.min_votes)
+            bar.update(len(batch))
     return out
 
 

@@ -38,60 +38,25 @@ def write_synthetic(cfg: Config) -> None:
     print(f"prepare: synthetic competition data -> {data}")
 
 
-def _credentials_present() -> bool:
-    if os.environ.get("KAGGLE_API_TOKEN") or (
-        os.environ.get("KAGGLE_USERNAME") and os.environ.get("KAGGLE_KEY")
-    ):
-        return True
-    folder = Path(os.environ.get("KAGGLE_CONFIG_DIR") or Path.home() / ".kaggle")
-    return (folder / "kaggle.json").is_file() or (folder / "access_token").is_file()
-
-
-def _download_error(error: Exception, competition: str) -> CellpipeError:
-    """A one-line explanation of a failed Kaggle call."""
-    import requests
-
-    status = getattr(getattr(error, "response", None), "status_code", None)
-    if status in (401, 403):
-        return CellpipeError(
-            f"Kaggle refused the download ({status}): check your credentials and accept the "
-            f"rules at https://www.kaggle.com/competitions/{competition}/rules"
-        )
-    if status == 404:
-        return CellpipeError(f"Kaggle has no competition {competition!r} (404)")
-    if isinstance(error, requests.exceptions.ConnectionError | requests.exceptions.Timeout):
-        return CellpipeError(
-            "cannot reach Kaggle (no network?): run `prepare` where kaggle.com is reachable, "
-            "or use the embedded synthetic data (prepare.source=synthetic)"
-        )
-    return CellpipeError(f"Kaggle download failed: {str(error).splitlines()[0]}")
-
-
 def download_competition(competition: str, data: Path) -> None:
     """Download and unzip a competition's files into `data`, through a resumable partial folder."""
     import zipfile
 
     from tqdm import tqdm
 
+    from pipeline.kaggle_cli import run_kaggle
+
     if data.exists() and any(data.iterdir()):
         raise CellpipeError(f"{data} is not empty but has no train.csv: not downloading into it")
-    if not _credentials_present():
-        raise CellpipeError(
-            "no Kaggle credentials: put kaggle.json in ~/.kaggle (or set KAGGLE_USERNAME and "
-            "KAGGLE_KEY); the default synthetic data needs none (prepare.source=synthetic)"
-        )
-    partial = data.parent / f".{data.name}.download"
+    partial = data.parent / f".{data.name}.download"  # kept on failure: the client resumes
     partial.mkdir(parents=True, exist_ok=True)
-    try:
-        from kaggle.api.kaggle_api_extended import KaggleApi
-
-        api = KaggleApi()
-        api.authenticate()
-        api.competition_download_files(competition, path=str(partial), quiet=False)
-    except CellpipeError:
-        raise
-    except (Exception, SystemExit) as e:  # the client raises bare HTTP/OS errors or exits
-        raise _download_error(e, competition) from None
+    run_kaggle(
+        ["competitions", "download", "-c", competition, "-p", str(partial)],
+        f"download {competition}",
+        hint_403=f"accept the rules at https://www.kaggle.com/competitions/{competition}/rules "
+        "and check your credentials",
+        show_output=True,
+    )
     archive = partial / f"{competition}.zip"
     if not archive.is_file():
         raise CellpipeError(f"the Kaggle client wrote no {archive.name} in {partial}")

@@ -1,0 +1,171 @@
+"""The chain finetune -> predict -> tune -> postprocess -> submit -> score on tiny synthetic data.
+
+The models train for two iterations from random weights: the point is that every stage runs for
+real, reads what the previous one wrote and writes what the next one needs, not the score.
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from pipeline.cli import main
+from pipeline.core.fileio import write_png
+from pipeline.core.predictions import load_predictions
+from pipeline.core.submission import read_submission
+
+REPO = Path(__file__).parents[1]
+TINY = [
+    "prepare.synthetic.train_images_per_type=2",
+    "prepare.synthetic.samples_per_type=2",
+    "prepare.synthetic.test_images=2",
+    "prepare.synthetic.semi_supervised_images=1",
+    "prepare.synthetic.height=96",
+    "prepare.synthetic.width=128",
+    "convert.livecell=false",
+    "folds.n_folds=2",
+    "finetune.init=random",
+    "finetune.solver.max_iter=2",
+    "finetune.solver.eval_period=0",
+    "finetune.solver.checkpoint_period=2",
+    "finetune.solver.num_workers=0",
+    "finetune.augment.crop=null",
+    "predict.tta=[none,hflip]",
+    "tune.score=[0.05,0.9]",
+    "tune.mask=[0.5]",
+    "tune.min_area=[0,10]",
+    "tune.min_keep=[0.0]",
+    "tune.rounds=1",
+]
+
+
+def cellpipe(work: Path, command: str, *args: str) -> int:
+    return main(
+        [
+            command,
+            *args,
+            "--config",
+            str(REPO / "configs" / "cpu.yaml"),
+            f"work_dir={work}",
+            f"score.ledger={work / 'ledger.jsonl'}",
+            *TINY,
+        ]
+    )
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    work = tmp_path_factory.mktemp("chain")
+    torch.set_num_threads(1)
+    for command in (
+        "prepare",
+        "convert",
+        "folds",
+        "finetune",
+        "predict",
+        "tune",
+        "postprocess",
+        "submit",
+    ):
+        assert cellpipe(work, command) == 0, command
+    return work
+
+
+def test_predictions_are_box_cropped_per_split(work):
+    oof = load_predictions(work / "predictions" / "oof.npz")
+    test = load_predictions(work / "predictions" / "test.npz")
+    assert len(oof) == 6 and len(test) == 2
+    for pred in [*oof.values(), *test.values()]:
+        assert pred.shape == (96, 128)
+        for box, mask in zip(pred.boxes, pred.masks):
+            assert mask.shape == (box[3] - box[1], box[2] - box[0])
+
+
+def test_thresholds_never_worse_than_defaults(work):
+    tuned = json.loads((work / "thresholds.json").read_text())
+    assert tuned["cv"]["tuned"] >= tuned["cv"]["default"]
+    assert tuned["cv"]["images"] == 6
+    assert set(tuned["thresholds"]["per_class"]) == {"1", "2", "3"}
+
+
+def test_submission_is_valid_and_covers_every_test_image(work, capsys):
+    submission = read_submission(work / "submission.csv")
+    test_ids = {p.stem for p in (work / "data" / "test").glob("*.png")}
+    assert set(submission["id"]) == test_ids
+    capsys.readouterr()
+    assert cellpipe(work, "validate", str(work / "submission.csv")) == 0
+    assert "valid" in capsys.readouterr().out
+
+
+def test_out_of_fold_score_is_recorded(work):
+    assert (
+        cellpipe(
+            work,
+            "score",
+            "--submission",
+            str(work / "postprocess" / "oof.csv"),
+            "--output",
+            str(work / "scores" / "oof.json"),
+        )
+        == 0
+    )
+    report = json.loads((work / "scores" / "oof.json").read_text())
+    assert 0.0 <= report["map_iou"]["score"] <= 1.0
+    ledger = [json.loads(line) for line in (work / "ledger.jsonl").read_text().splitlines()]
+    assert ledger[-1]["score"] == report["map_iou"]["score"]
+
+
+def test_rerun_is_up_to_date(work, capsys):
+    capsys.readouterr()
+    assert cellpipe(work, "predict") == 0
+    assert "predict: up to date" in capsys.readouterr().out
+
+
+def one_line(capsys, text):
+    """The command ended with one error line (after any progress bar), and no traceback."""
+    err = capsys.readouterr().err
+    last = err.rstrip("\n").split("\n")[-1].split("\r")[-1]
+    assert "Traceback" not in err and last.startswith("cellpipe ") and text in last, err
+
+
+def test_checkpoint_of_another_model_is_one_line(work, capsys):
+    capsys.readouterr()
+    assert cellpipe(work, "predict", "--force", "model.fpn_channels=32") == 2
+    one_line(capsys, "another model")
+
+
+def test_test_image_changed_size_is_one_line(work, capsys, tmp_path):
+    data = tmp_path / "data"
+    import shutil
+
+    shutil.copytree(work / "data", data)
+    first = sorted((data / "test").glob("*.png"))[0]
+    write_png(first, np.zeros((50, 60), np.uint8))
+    capsys.readouterr()
+    code = main(
+        [
+            "predict",
+            "--force",
+            "--config",
+            str(REPO / "configs" / "cpu.yaml"),
+            f"work_dir={work}",
+            f"data_dir={data}",
+            "predict.splits=[test]",
+            *TINY,
+        ]
+    )
+    assert code == 2
+    one_line(capsys, "50x60")
+
+
+def test_broken_submission_is_rejected(work, capsys, tmp_path):
+    frame = pd.read_csv(work / "submission.csv", dtype=str, keep_default_na=False)
+    frame.loc[len(frame)] = [frame["id"].iloc[0], "1 5 3 1"]
+    bad = tmp_path / "bad.csv"
+    frame.to_csv(bad, index=False)
+    capsys.readouterr()
+    assert cellpipe(work, "validate", str(bad)) == 2
+    one_line(capsys, f"line {len(frame) + 1}")
