@@ -26,7 +26,7 @@ NPROC ?= 1
 TRAIN = $(if $(filter-out 1,$(NPROC)),$(BIN)/torchrun --standalone --nproc_per_node $(NPROC) -m pipeline,$(BIN)/cellpipe)
 train = $(TRAIN) $(1) $(SETTINGS) $(2)
 
-.PHONY: stages test lint venv clean leaderboard
+.PHONY: stages test lint venv clean leaderboard kernels push
 stages: $(WORK)/submission.csv $(WORK)/scores/oof.json
 
 venv: $(INSTALLED)
@@ -78,6 +78,19 @@ $(WORK)/scores/oof.json: $(WORK)/postprocess/oof.csv $(DATA)/train.csv $(CONFIG)
 leaderboard: | $(INSTALLED)
 	$(call cellpipe,leaderboard)
 
+# --- Kaggle kernels -------------------------------------------------------------------------
+# work/kernels/: the bundle dataset and the inference / training notebooks (cellpipe kernels);
+# cellpipe's wheel is built from this checkout, so its sources are prerequisites too
+KERNEL_SOURCES := pyproject.toml $(wildcard kernels/*.py pipeline/*.py pipeline/core/*.py)
+$(WORK)/kernels/bundle/cellpipe-bundle.json: $(WORK)/thresholds.json $(WORK)/finetune/summary.json $(WORK)/pretrain/model_final.pth $(KERNEL_SOURCES) $(CONFIG) | $(INSTALLED)
+	$(call cellpipe,kernels)
+
+kernels: $(WORK)/kernels/bundle/cellpipe-bundle.json
+
+# needs Kaggle credentials and the network: upload, run on Kaggle, submit
+push: $(WORK)/kernels/bundle/cellpipe-bundle.json | $(INSTALLED)
+	$(call cellpipe,push)
+
 # --- checks ---------------------------------------------------------------------------------
 # pytest exits 5 when it collects no test: that fails here like any other error.
 test: $(INSTALLED)
@@ -85,7 +98,8 @@ test: $(INSTALLED)
 
 lint: $(INSTALLED)
 	$(BIN)/ruff check pipeline tests benchmarks
-	$(BIN)/ruff format --check pipeline tests benchmarks
+	$(BIN)/ruff check --ignore E402,F821 kernels  # templates use names of spliced-in cells
+	$(BIN)/ruff format --check pipeline tests benchmarks kernels
 
 clean:
 	rm -rf $(WORK)

@@ -310,6 +310,7 @@ class Layout:
         self.leaderboard_dir = work / "leaderboard"  # leaderboard plots
         self.kernels_dir = work / "kernels"  # what `cellpipe push` uploads to Kaggle:
         self.kernels_bundle = self.kernels_dir / "bundle"  # the dataset (wheels, models, config)
+        self.kernels_manifest = self.kernels_bundle / "cellpipe-bundle.json"  # how kernels find it
         self.kernels_inference = self.kernels_dir / "inference"  # the code-submission notebook
         self.kernels_train = self.kernels_dir / "train"  # the GPU fine-tuning notebook
 

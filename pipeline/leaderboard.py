@@ -12,9 +12,7 @@ threshold, score per class, for the best `score.top` entries) go to `<work_dir>/
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
-import io
 import json
 import subprocess
 from collections.abc import Sequence
@@ -148,20 +146,16 @@ def apply_kaggle_scores(entries: Sequence[Entry], submissions: Sequence[Any]) ->
 
 def fetch_kaggle_submissions(competition: str) -> list[Any]:
     """This account's submissions to a competition (the kaggle client; needs network)."""
-    chatter = io.StringIO()  # the client prints pages of help before it exits
-    try:
-        with contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter):
-            from kaggle.api.kaggle_api_extended import KaggleApi
+    from pipeline.kaggle_client import kaggle_api, kaggle_call
 
-            api = KaggleApi()
-            api.authenticate()
+    what = f"cannot list Kaggle submissions for {competition}"
+    try:
+        api = kaggle_api()
+        with kaggle_call(what):
             return list(api.competition_submissions(competition, page_size=200) or [])
-    except (Exception, SystemExit) as e:  # SystemExit: no credentials
-        said = [line for line in chatter.getvalue().splitlines() if line.strip()]
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        if isinstance(e, SystemExit) or not reason:
-            reason = said[0] if said else type(e).__name__
-        raise CellpipeError(f"cannot list Kaggle submissions for {competition}: {reason}") from None
+    except CellpipeError as e:
+        message = str(e)
+        raise CellpipeError(message if message.startswith(what) else f"{what}: {message}") from None
 
 
 # --- table and plots ----------------------------------------------------------------------------

@@ -44,19 +44,16 @@ def download_competition(competition: str, data: Path) -> None:
 
     from tqdm import tqdm
 
-    from pipeline.kaggle_cli import run_kaggle
+    from pipeline.kaggle_client import kaggle_api, kaggle_call
 
     if data.exists() and any(data.iterdir()):
         raise CellpipeError(f"{data} is not empty but has no train.csv: not downloading into it")
     partial = data.parent / f".{data.name}.download"  # kept on failure: the client resumes
     partial.mkdir(parents=True, exist_ok=True)
-    run_kaggle(
-        ["competitions", "download", "-c", competition, "-p", str(partial)],
-        f"download {competition}",
-        hint_403=f"accept the rules at https://www.kaggle.com/competitions/{competition}/rules "
-        "and check your credentials",
-        show_output=True,
-    )
+    rules = f"accept the rules at https://www.kaggle.com/competitions/{competition}/rules"
+    api = kaggle_api()
+    with kaggle_call(f"download {competition}", refused_hint=rules):
+        api.competition_download_files(competition, path=str(partial), quiet=False)
     archive = partial / f"{competition}.zip"
     if not archive.is_file():
         raise CellpipeError(f"the Kaggle client wrote no {archive.name} in {partial}")

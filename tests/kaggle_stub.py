@@ -51,6 +51,7 @@ class KaggleStub:
 
     handlers: dict[str, Callable[[Request], Reply]] = field(default_factory=dict)
     files: dict[str, bytes] = field(default_factory=dict)
+    uploads: dict[str, bytes] = field(default_factory=dict)  # PUT bodies by path
     requests: list[Request] = field(default_factory=list)
 
     def __enter__(self) -> KaggleStub:
@@ -74,7 +75,7 @@ class KaggleStub:
                 if self.command != "HEAD":
                     self.wfile.write(body)
 
-            do_GET = do_POST = do_HEAD = _serve
+            do_GET = do_POST = do_HEAD = do_PUT = _serve
 
             def log_message(self, *args: Any) -> None:  # keep test output clean
                 pass
@@ -97,6 +98,9 @@ class KaggleStub:
             return self.handlers[request.rpc](request)
         if request.method in ("GET", "HEAD") and request.path in self.files:
             return 200, {"Content-Type": "application/octet-stream"}, self.files[request.path]
+        if request.method == "PUT" and not request.rpc:  # a file upload to a storage URL
+            self.uploads[request.path] = request.body
+            return 200, {}, b""
         return json_reply({"error": f"no stub for {request.method} {request.path}"}, 404)
 
     def calls(self, rpc: str) -> list[Request]:

@@ -87,7 +87,9 @@ def test_unreachable_kaggle_is_one_line(tmp_path, monkeypatch, capsys):
     one_line(capsys, "cannot reach Kaggle")
 
 
-@pytest.mark.parametrize(("status", "text"), [(403, "accept the rules"), (404, "not found (404)")])
+@pytest.mark.parametrize(
+    ("status", "text"), [(403, "accept the rules"), (404, "Kaggle answered HTTP 404")]
+)
 def test_refusals_are_one_line(tmp_path, monkeypatch, capsys, status, text):
     with KaggleStub() as stub:
         stub.handlers[DOWNLOAD] = lambda request: json_reply({"message": "no"}, status)

@@ -1,0 +1,71 @@
+# Shared cells of every cellpipe kernel: `cellpipe kernels` splices them in right after the
+# kernel's `parameters` cell (which sets BUNDLE and COMPETITION). Standard library only: cellpipe
+# is not installed yet.
+
+# %% [markdown]
+# ## Install cellpipe offline
+# The bundle dataset holds cellpipe's wheel and those of any dependency the Kaggle image lacks;
+# pip installs them without an index, so the kernel runs with the internet off. Kaggle mounts
+# inputs at `/kaggle/input/<slug>/` or, in newer kernels, deeper (`competitions/<slug>/`,
+# `datasets/<owner>/<slug>/`): both are found by the file they hold.
+
+# %%
+import importlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+INPUT = Path(os.environ.get("KAGGLE_INPUT_DIR", "/kaggle/input"))
+WORKING = Path(os.environ.get("KAGGLE_WORKING_DIR", "/kaggle/working"))
+UNPACKED = Path(tempfile.gettempdir()) / "cellpipe-bundle"  # zipped bundle folders, unpacked
+
+
+def find_input(marker: str, name: str) -> Path:
+    """The input folder holding `marker`: the one called `name`, else the only one."""
+    found = sorted({p.parent for depth in range(1, 5) for p in INPUT.glob("*/" * depth + marker)})
+    named = [p for p in found if p.name == name]
+    if len(named) == 1:
+        return named[0]
+    if len(found) == 1:
+        return found[0]
+    raise FileNotFoundError(
+        f"expected one folder with {marker} under {INPUT} (is {name!r} attached?), "
+        f"found {[str(p) for p in found]}"
+    )
+
+
+def bundle_file(relative: str) -> Path:
+    """A bundle file by its manifest path, wherever the upload put it (zips unpacked once)."""
+    name = Path(relative).name
+    for root in (BUNDLE_DIR, UNPACKED):
+        if (root / relative).is_file():
+            return root / relative
+        hits = sorted(root.rglob(name)) if root.is_dir() else []
+        if hits:
+            return hits[0]
+    archives = sorted(BUNDLE_DIR.rglob("*.zip"))
+    if archives and not UNPACKED.is_dir():
+        for archive in archives:
+            with zipfile.ZipFile(archive) as zf:
+                zf.extractall(UNPACKED / archive.stem)
+        return bundle_file(relative)
+    raise FileNotFoundError(f"{relative} is not in the bundle {BUNDLE_DIR}")
+
+
+BUNDLE_DIR = find_input("cellpipe-bundle.json", BUNDLE)
+DATA = find_input("sample_submission.csv", COMPETITION)
+MANIFEST = json.loads((BUNDLE_DIR / "cellpipe-bundle.json").read_text())
+wheels = [str(bundle_file(w)) for w in MANIFEST["wheels"]]
+subprocess.run(
+    [sys.executable, "-m", "pip", "install", "--no-index", "--no-deps", "--quiet", *wheels],
+    check=True,
+)
+importlib.invalidate_caches()
+import pipeline  # noqa: E402
+
+print(f"bundle {BUNDLE_DIR} (cellpipe {MANIFEST['version']}, commit {MANIFEST['commit']})")
+print(f"competition data {DATA}; cellpipe installed at {Path(pipeline.__file__).parent}")

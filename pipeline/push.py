@@ -1,0 +1,162 @@
+"""Command `push`: `cellpipe kernels`' folders to Kaggle, then the code submission.
+
+With the real kaggle client, as the CLI would do it: `kaggle datasets create` (or `version` when the
+dataset exists) with sub-folders zipped, waiting until Kaggle has processed it; `kaggle kernels
+push` of the inference notebook (and of the training one with `kernels.push_train`); then, with
+`kernels.submit`, waiting for that notebook version to run and `kaggle competitions submit -k
+OWNER/SLUG -v VERSION`. The owner is `kernels.owner` or the account of the Kaggle config; the
+metadata is rewritten for it before anything is sent. Without credentials, offline, or when
+Kaggle refuses, it stops with one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+from typing import Any
+
+from pipeline.config import Config
+from pipeline.core.errors import CellpipeError
+from pipeline.kaggle_client import kaggle_api, kaggle_call
+from pipeline.kernels import (
+    kernel_folders,
+    kernel_metadata,
+    refuse_credentials,
+    slug,
+    write_metadata,
+)
+
+DATASET_READY, DATASET_FAILED = "ready", ("failed", "deleted")
+KERNEL_DONE, KERNEL_FAILED = "complete", ("error", "cancel_requested", "cancel_acknowledged")
+SUBMISSION_FILE = "submission.csv"  # what the inference notebook writes to /kaggle/working/
+
+
+def _refused(what: str, response: Any) -> None:
+    """A one-line error when Kaggle's answer says no, or that it left a source out."""
+    error = getattr(response, "error", None)
+    if error:
+        raise CellpipeError(f"{what}: Kaggle refused: {error}")
+    for kind in ("dataset", "competition", "kernel"):
+        left_out = getattr(response, f"invalid_{kind}_sources", None)
+        if left_out:
+            raise CellpipeError(f"{what}: Kaggle did not attach the {kind} {', '.join(left_out)}")
+
+
+def wait_for(
+    what: str,
+    status: Callable[[], tuple[str, str]],
+    done: str,
+    failed: tuple[str, ...],
+    cfg: Config,
+) -> None:
+    """Poll `status()`, a (state, detail) pair, until the state is `done`; a one-line error when
+    it fails or takes longer than `kernels.wait_minutes`."""
+    params = cfg.kernels
+    deadline = time.monotonic() + params.wait_minutes * 60
+    while True:
+        now, detail = status()
+        if now == done:
+            return
+        if now in failed:
+            raise CellpipeError(f"{what}: {now}" + (f" ({detail})" if detail else ""))
+        if time.monotonic() > deadline:
+            raise CellpipeError(
+                f"{what}: still {now} after {params.wait_minutes:g} minutes "
+                "(kernels.wait_minutes); rerun `cellpipe push` later"
+            )
+        print(f"push: {what}: {now}, checking again in {params.poll_seconds:g} s")
+        time.sleep(params.poll_seconds)
+
+
+def kernel_state(api: Any, kernel: str) -> tuple[str, str]:
+    """The state of the kernel's latest run, and Kaggle's message when it failed."""
+    session = api.kernels_status(kernel)
+    return session.status.name.lower(), session.failure_message or ""
+
+
+def dataset_exists(api: Any, dataset: str) -> bool:
+    import requests
+
+    try:
+        api.dataset_status(dataset)
+    except requests.exceptions.HTTPError as e:
+        if e.response is not None and e.response.status_code == 404:
+            return False
+        raise
+    return True
+
+
+def push(cfg: Config) -> None:
+    """Upload the bundle and the kernels; submit the inference kernel's new version."""
+    layout, params = cfg.layout, cfg.kernels
+    folders = {"bundle": layout.kernels_bundle, **kernel_folders(cfg)}
+    for folder in folders.values():
+        if not folder.is_dir():
+            raise CellpipeError(f"missing {folder} (run `cellpipe kernels` first)")
+    refuse_credentials(layout.kernels_dir)
+    with kaggle_call("Kaggle login"):  # an access token is checked online
+        api = kaggle_api()
+    owner = params.owner or api.get_config_value("username")
+    write_metadata(cfg, owner, layout.kernels_bundle, kernel_folders(cfg))
+    dataset = f"{owner}/{slug(params.dataset_title)}"
+    bundle = str(layout.kernels_bundle)
+
+    with kaggle_call(f"dataset {dataset}"):
+        if dataset_exists(api, dataset):
+            response = api.dataset_create_version(
+                bundle, params.message, quiet=True, dir_mode="zip"
+            )
+            action = "new version of"
+        else:
+            response = api.dataset_create_new(
+                bundle, public=params.public, quiet=True, dir_mode="zip"
+            )
+            action = "created"
+        _refused(f"dataset {dataset}", response)
+        print(f"push: {action} dataset {dataset}")
+        wait_for(
+            f"dataset {dataset}",
+            lambda: (api.dataset_status(dataset), ""),
+            DATASET_READY,
+            DATASET_FAILED,
+            cfg,
+        )
+
+    pushed = {}
+    for kind in ("inference", "train") if params.push_train else ("inference",):
+        kernel = kernel_metadata(cfg, owner, kind)["id"]
+        with kaggle_call(f"kernel {kernel}"):
+            response = api.kernels_push(str(folders[kind]))
+        _refused(f"kernel {kernel}", response)
+        pushed[kind] = (kernel, response.version_number)
+        print(f"push: kernel {kernel} version {response.version_number}: {response.url}")
+
+    if not params.submit:
+        return
+    kernel, version = pushed["inference"]
+    with kaggle_call(f"kernel {kernel}"):
+        wait_for(
+            f"kernel {kernel} version {version}",
+            lambda: kernel_state(api, kernel),
+            KERNEL_DONE,
+            KERNEL_FAILED,
+            cfg,
+        )
+    with kaggle_call(f"submission to {cfg.prepare.competition}"):
+        response = api.competition_submit_code(
+            SUBMISSION_FILE,
+            params.message,
+            competition=cfg.prepare.competition,
+            kernel=kernel,
+            kernel_version=version,
+            quiet=True,
+        )
+    print(
+        f"push: submitted {kernel} version {version} to {cfg.prepare.competition}: "
+        f"{response.message or 'ok'}"
+    )
+
+
+def main(cfg: Config, args: argparse.Namespace) -> None:
+    push(cfg)

@@ -1,0 +1,229 @@
+"""`cellpipe push`: the real kaggle client against a loopback stub of the Kaggle API."""
+
+import base64
+import io
+import json
+import shutil
+import tempfile
+import zipfile
+
+import pytest
+from kaggle_stub import KaggleStub, client_env, json_reply
+
+from pipeline.cli import main
+from pipeline.core.fileio import write_json
+
+COMPETITION = "sartorius-cell-instance-segmentation"
+STATUS = "datasets.DatasetApiService/GetDatasetStatus"
+CREATE = "datasets.DatasetApiService/CreateDataset"
+VERSION = "datasets.DatasetApiService/CreateDatasetVersion"
+UPLOAD = "blobs.BlobApiService/StartBlobUpload"
+SAVE = "kernels.KernelsApiService/SaveKernel"
+SESSION = "kernels.KernelsApiService/GetKernelSessionStatus"
+SUBMIT = "competitions.CompetitionApiService/CreateCodeSubmission"
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """`cellpipe kernels` output, built without a Kaggle username (ids say a placeholder)."""
+    root = tmp_path_factory.mktemp("push")
+    work = root / "work"
+    (work / "finetune" / "fold0").mkdir(parents=True)
+    (work / "finetune" / "fold0" / "model_best.pth").write_bytes(b"weights")  # only copied
+    write_json(work / "thresholds.json", {"thresholds": {}})
+    settings = [f"work_dir={work}", "finetune.folds=[0]", "kernels.include_pretrained=false"]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("KAGGLE_USERNAME", raising=False)
+        mp.setenv("KAGGLE_CONFIG_DIR", str(root / "no-config"))
+        assert main(["kernels", *settings]) == 0
+    meta = json.loads((work / "kernels" / "inference" / "kernel-metadata.json").read_text())
+    assert meta["id"] == "your-kaggle-username/cellpipe-inference"
+    return work
+
+
+@pytest.fixture
+def work(built, tmp_path, monkeypatch):
+    """A copy of the built folders per test (push rewrites their metadata)."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the client's upload bookkeeping
+    copy = tmp_path / "work"
+    shutil.copytree(built / "kernels", copy / "kernels")
+    return copy
+
+
+def push(work, *overrides):
+    settings = [f"work_dir={work}", "kernels.poll_seconds=0", "kernels.include_pretrained=false"]
+    return main(["push", *settings, *overrides])
+
+
+def kaggle(stub, dataset_exists=False, session=("RUNNING", "COMPLETE")):
+    """Answers of a Kaggle that accepts everything; the notebook run goes through `session`."""
+    statuses = iter(["READY"] * 10 if dataset_exists else [None, None, "BLOBS_RECEIVED", "READY"])
+    sessions = iter(session)
+
+    def dataset_status(request):
+        status = next(statuses)
+        return json_reply({"status": status}) if status else json_reply({"error": "no"}, 404)
+
+    def upload(request):
+        name = request.json()["name"]
+        return json_reply({"token": f"token-{name}", "createUrl": f"http://localhost/up/{name}"})
+
+    def kernel_status(request):
+        status = next(sessions)
+        return json_reply({"status": status, "failureMessage": "out of memory"})
+
+    stub.handlers.update(
+        {
+            STATUS: dataset_status,
+            UPLOAD: upload,
+            CREATE: lambda r: json_reply({"ref": "tester/cellpipe-bundle", "status": "ok"}),
+            VERSION: lambda r: json_reply({"ref": "tester/cellpipe-bundle", "status": "ok"}),
+            SAVE: lambda r: json_reply(
+                {"ref": r.json()["slug"], "url": "https://kaggle/x", "versionNumber": 7}
+            ),
+            SESSION: kernel_status,
+            SUBMIT: lambda r: json_reply({"message": "Submission successful", "ref": 1}),
+        }
+    )
+
+
+def test_push_creates_the_dataset_pushes_the_kernel_and_submits(work, tmp_path, monkeypatch):
+    with KaggleStub() as stub:
+        kaggle(stub)
+        client_env(monkeypatch, stub, tmp_path / "cfg")
+        assert push(work, "kernels.message=first try") == 0
+
+    # the owner comes from the Kaggle config: the metadata now says so
+    meta = json.loads((work / "kernels" / "inference" / "kernel-metadata.json").read_text())
+    assert meta["id"] == "tester/cellpipe-inference"
+    auth = "Basic " + base64.b64encode(b"tester:0123456789abcdef").decode()
+    assert all(r.headers.get("Authorization") == auth for r in stub.requests if r.rpc)
+
+    [create] = stub.calls(CREATE)
+    body = create.json()
+    assert (body["ownerSlug"], body["slug"], body["title"]) == (
+        "tester",
+        "cellpipe-bundle",
+        "cellpipe bundle",
+    )
+    assert body["licenseName"] == "CC0-1.0" and body["isPrivate"] is True
+    uploaded = sorted(r.json()["name"] for r in stub.calls(UPLOAD))
+    assert uploaded == [
+        "cellpipe-bundle.json",
+        "checkpoints.zip",  # sub-folders go zipped
+        "config.yaml",
+        "thresholds.json",
+        "train.yaml",
+        "wheels.zip",
+    ]
+    assert sorted(f["token"] for f in body["files"]) == [f"token-{n}" for n in uploaded]
+    with zipfile.ZipFile(io.BytesIO(stub.uploads["/up/wheels.zip"])) as zf:
+        assert zf.namelist() == ["cellpipe-0.1.0-py3-none-any.whl"]
+    assert (
+        stub.uploads["/up/thresholds.json"]
+        == (work / "kernels/bundle/thresholds.json").read_bytes()
+    )
+    assert not stub.calls(VERSION)
+
+    [save] = stub.calls(SAVE)
+    kernel = save.json()
+    assert kernel["slug"] == "tester/cellpipe-inference"
+    assert kernel["newTitle"] == "cellpipe inference"
+    assert kernel["enableInternet"] is False and kernel["enableGpu"] is True
+    assert kernel["datasetDataSources"] == ["tester/cellpipe-bundle"]
+    assert kernel["competitionDataSources"] == [COMPETITION]
+    assert (kernel["language"], kernel["kernelType"], kernel["isPrivate"]) == (
+        "python",
+        "notebook",
+        True,
+    )
+    cells = json.loads(kernel["text"])["cells"]
+    assert any("BUNDLE = 'cellpipe-bundle'" in c["source"] for c in cells)
+
+    assert len(stub.calls(SESSION)) == 2  # polled until the version has run
+    [submit] = stub.calls(SUBMIT)
+    sent = submit.json()
+    assert sent["competitionName"] == COMPETITION
+    assert (sent["kernelSlug"], sent["kernelVersion"]) == ("cellpipe-inference", 7)
+    assert sent["fileName"] == "submission.csv"
+    assert sent["submissionDescription"] == "first try"
+    order = [r.rpc for r in stub.requests if r.rpc and r.rpc != UPLOAD]
+    assert order.index(CREATE) < order.index(SAVE) < order.index(SUBMIT)
+
+
+def test_an_existing_dataset_gets_a_new_version(work, tmp_path, monkeypatch):
+    with KaggleStub() as stub:
+        kaggle(stub, dataset_exists=True)
+        client_env(monkeypatch, stub, tmp_path / "cfg")
+        overrides = ["kernels.submit=false", "kernels.push_train=true", "kernels.owner=team"]
+        assert push(work, *overrides) == 0
+    assert not stub.calls(CREATE)
+    [version] = stub.calls(VERSION)
+    assert version.path.endswith(VERSION)
+    assert version.json()["body"]["versionNotes"] == "cellpipe"
+    slugs = [r.json()["slug"] for r in stub.calls(SAVE)]
+    assert slugs == ["team/cellpipe-inference", "team/cellpipe-train"]
+    assert all(r.json()["datasetDataSources"] == ["team/cellpipe-bundle"] for r in stub.calls(SAVE))
+    assert not stub.calls(SESSION) and not stub.calls(SUBMIT)
+
+
+def one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0, err
+    return err
+
+
+def test_without_credentials_nothing_is_sent(work, tmp_path, monkeypatch, capsys):
+    with KaggleStub() as stub:
+        client_env(monkeypatch, stub, tmp_path / "cfg", credentials=False)
+        assert push(work) == 2
+    assert "no Kaggle credentials" in one_line_error(capsys)
+    assert stub.requests == []
+
+
+def test_offline_says_so(work, tmp_path, monkeypatch, capsys):
+    client_env(monkeypatch, None, tmp_path / "cfg")
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")  # nothing listens there
+    assert push(work) == 2
+    assert "cannot reach Kaggle (offline?): [Errno" in one_line_error(capsys)
+
+
+def test_a_failed_run_is_not_submitted(work, tmp_path, monkeypatch, capsys):
+    with KaggleStub() as stub:
+        kaggle(stub, session=("RUNNING", "ERROR"))
+        client_env(monkeypatch, stub, tmp_path / "cfg")
+        assert push(work) == 2
+    assert "tester/cellpipe-inference version 7: error (out of memory)" in one_line_error(capsys)
+    assert not stub.calls(SUBMIT)
+
+
+def test_refusals_and_http_errors_are_one_line(work, tmp_path, monkeypatch, capsys):
+    with KaggleStub() as stub:
+        kaggle(stub, dataset_exists=True)
+        stub.handlers[SAVE] = lambda r: json_reply({"error": "Notebook is locked"})
+        client_env(monkeypatch, stub, tmp_path / "cfg")
+        assert push(work) == 2
+        assert "Kaggle refused: Notebook is locked" in one_line_error(capsys)
+        stub.handlers[SAVE] = lambda r: json_reply(
+            {"versionNumber": 1, "invalidDatasetSources": ["tester/cellpipe-bundle"]}
+        )
+        assert push(work) == 2
+        assert "did not attach the dataset tester/cellpipe-bundle" in one_line_error(capsys)
+        stub.handlers[STATUS] = lambda r: json_reply({"error": "bad key"}, 401)
+        assert push(work) == 2
+        assert "Kaggle answered HTTP 401" in one_line_error(capsys)
+
+
+def test_credentials_in_a_built_folder_stop_the_push(work, tmp_path, monkeypatch, capsys):
+    (work / "kernels" / "bundle" / "kaggle.json").write_text('{"username": "u", "key": "k"}')
+    with KaggleStub() as stub:
+        kaggle(stub)
+        client_env(monkeypatch, stub, tmp_path / "cfg")
+        assert push(work) == 2
+    assert "refusing to upload credentials: bundle/kaggle.json" in one_line_error(capsys)
+    assert stub.requests == []
+
+
+def test_push_needs_the_built_folders(tmp_path, capsys):
+    assert main(["push", f"work_dir={tmp_path}"]) == 2
+    assert "run `cellpipe kernels` first" in one_line_error(capsys)
