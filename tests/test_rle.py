@@ -128,5 +128,5 @@ def test_bad_arguments():
         rle.encode(np.ones((2, 2, 2), bool))
     with pytest.raises(ValueError, match=">= 0"):
         rle.encode_labels(np.full((2, 2), -1))
-    with pytest.raises(ValueError, match="integer or boolean"):
+    with pytest.raises(ValueError, match="integer labels"):
         rle.encode_labels(np.ones((2, 2), np.float32))

@@ -33,7 +33,7 @@ import numba
 import numpy as np
 
 from pipeline.core.errors import CellpipeError, RLEError
-from pipeline.core.rle import Runs, parse_runs
+from pipeline.core.rle import Runs, as_label_image, parse_runs
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -446,17 +446,6 @@ def _match_general(
     return tp
 
 
-def _check_label_image(labels: np.ndarray, name: str) -> np.ndarray:
-    labels = np.asarray(labels)
-    if labels.ndim != 2:
-        raise ValueError(f"{name}: expected a 2-D label image, got shape {labels.shape}")
-    if labels.dtype == np.bool_:
-        return labels.view(np.uint8)
-    if not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"{name}: expected integer labels, got {labels.dtype}")
-    return np.ascontiguousarray(labels, dtype=labels.dtype.newbyteorder("="))
-
-
 def compact_labels(labels: np.ndarray) -> np.ndarray:
     """Labels renumbered 1..n in order, background kept 0."""
     values, inverse = np.unique(labels, return_inverse=True)
@@ -465,8 +454,8 @@ def compact_labels(labels: np.ndarray) -> np.ndarray:
 
 def _pieces_of_labels(gt_labels: np.ndarray, pred_labels: np.ndarray) -> tuple:
     """Checked label images -> `_label_pieces` (piece count -2: labels above the pixel count)."""
-    gt = _check_label_image(gt_labels, "ground truth")
-    pred = _check_label_image(pred_labels, "prediction")
+    gt = as_label_image(gt_labels, "ground truth")
+    pred = as_label_image(pred_labels, "prediction")
     if gt.shape != pred.shape:
         raise ValueError(f"label images differ in shape: {gt.shape} vs {pred.shape}")
     if gt.size >= 2**31:

@@ -273,14 +273,21 @@ def format_runs(runs: Runs) -> list[str]:
     return [data[ends[i] : ends[i + 1]].decode("ascii") for i in range(len(ends) - 1)]
 
 
-def _as_labels(labels: np.ndarray) -> np.ndarray:
+def as_label_image(labels: np.ndarray, name: str = "labels") -> np.ndarray:
+    """A 2-D integer label image (bool as uint8), C-contiguous in native byte order."""
+    labels = np.asarray(labels)
     if labels.ndim != 2:
-        raise ValueError(f"expected a 2-D image, got shape {labels.shape}")
+        raise ValueError(f"{name}: expected a 2-D label image, got shape {labels.shape}")
     if labels.dtype == np.bool_:
-        return labels.view(np.uint8)
+        return np.ascontiguousarray(labels).view(np.uint8)
     if not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"expected an integer or boolean image, got {labels.dtype}")
-    if labels.size and labels.min() < 0:
+        raise ValueError(f"{name}: expected integer labels, got {labels.dtype}")
+    return np.ascontiguousarray(labels, dtype=labels.dtype.newbyteorder("="))
+
+
+def _nonnegative(labels: np.ndarray) -> np.ndarray:
+    labels = as_label_image(labels)
+    if labels.size and labels.min() < 0:  # the compiled scan indexes by label
         raise ValueError("labels must be >= 0")
     return labels
 
@@ -288,7 +295,7 @@ def _as_labels(labels: np.ndarray) -> np.ndarray:
 def label_runs(labels: np.ndarray, order: Order = "row") -> Runs:
     """Runs of every label 1..max of a label image; instance i is label i + 1 (maybe empty)."""
     _check_order(order)
-    labels = _as_labels(labels)
+    labels = _nonnegative(labels)
     n_labels = int(labels.max()) if labels.size else 0
     return Runs(*_label_runs(_flat(labels, order), n_labels))
 
@@ -303,5 +310,5 @@ def encode_labels(labels: np.ndarray, order: Order = "row") -> dict[int, str]:
 def encode(mask: np.ndarray, order: Order = "row") -> str:
     """RLE text of one 2-D mask (nonzero = foreground); an empty mask gives ''."""
     _check_order(order)
-    mask = _as_labels(mask)
+    mask = _nonnegative(mask)
     return format_runs(Runs(*_label_runs(_flat(mask != 0, order).view(np.uint8), 1)))[0]
