@@ -15,6 +15,7 @@ import time
 import tracemalloc
 
 import numpy as np
+from rle import notebook_encode  # benchmarks/rle.py: the notebooks' encoder, the same baseline
 from scipy import ndimage
 from skimage.segmentation import watershed
 
@@ -60,13 +61,6 @@ def detections(n: int, seed: int = 0) -> ImagePredictions:
         np.ones(m, np.int32),
         masks,
     )
-
-
-def notebook_encode(mask: np.ndarray) -> str:
-    pixels = np.concatenate([[0], mask.flatten(), [0]])
-    runs = np.where(pixels[1:] != pixels[:-1])[0] + 1
-    runs[1::2] -= runs[::2]
-    return " ".join(str(x) for x in runs)
 
 
 def notebook(full: np.ndarray, scores: np.ndarray, min_pixels: int) -> list[str]:
