@@ -6,11 +6,14 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
+from kaggle_stub import KaggleStub, client_env, json_reply
 
 from pipeline.cli import main
 from pipeline.core import rle
 from pipeline.core.metrics import map_iou
 from pipeline.leaderboard import apply_kaggle_scores, read_ledger
+
+LIST_SUBMISSIONS = "competitions.CompetitionApiService/ListSubmissions"
 
 SHAPE = (12, 16)
 
@@ -172,6 +175,29 @@ def test_leaderboard_refresh_offline_is_one_line(work, capsys, monkeypatch, tmp_
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("leaderboard: not refreshed: cannot list Kaggle submissions")
     assert "key" in out[1]
+
+
+def test_leaderboard_refresh_through_the_real_client(work, capsys, monkeypatch, tmp_path):
+    run(work, "score", "--submission", write_submission(work, "s.csv", work.pred))
+    [entry] = read_ledger(work.root / "ledger.jsonl")
+    listed = {"submissions": [
+        {"ref": 9, "description": f"v7 [{entry['key']}]", "publicScore": "0.312",
+         "privateScore": "0.318"},
+        {"ref": 10, "description": "someone else's", "publicScore": "0.1", "privateScore": "0.1"},
+    ]}  # fmt: skip
+    with KaggleStub() as stub:
+        stub.handlers[LIST_SUBMISSIONS] = lambda request: json_reply(listed)
+        client_env(monkeypatch, stub, tmp_path / "kaggle")
+        assert run(work, "leaderboard", "--refresh") == 0
+    [call] = stub.calls(LIST_SUBMISSIONS)
+    assert call.json()["competitionName"] == "sartorius-cell-instance-segmentation"
+    [entry] = read_ledger(work.root / "ledger.jsonl")
+    assert (entry["public_score"], entry["private_score"], entry["kaggle_ref"]) == (
+        0.312,
+        0.318,
+        "9",
+    )
+    assert "0.312" in capsys.readouterr().out
 
 
 def test_bad_ledger_line(work, capsys):
