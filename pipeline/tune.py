@@ -27,7 +27,6 @@ def tune(cfg: Config) -> None:
     from pipeline.core.coco import read_kaggle_csv
     from pipeline.core.fileio import read_json, write_json
     from pipeline.core.metrics import match_runs
-    from pipeline.core.postprocess import postprocess_image
     from pipeline.core.predictions import load_predictions
     from pipeline.core.tuning import tune_thresholds
 
@@ -61,11 +60,10 @@ def tune(cfg: Config) -> None:
         truth.groupby("id")["cell_type"].first().to_dict() if "cell_type" in truth.columns else {}
     )
 
-    def per_class(thresholds) -> dict[str, float]:
+    def per_class(image_scores: dict[str, float]) -> dict[str, float]:
         scores: dict[str, list[float]] = {}
-        for image_id, pred in preds.items():
-            labels = postprocess_image(pred, thresholds)[0]
-            scores.setdefault(cell_types.get(image_id, "cell"), []).append(score(image_id, labels))
+        for image_id, value in image_scores.items():
+            scores.setdefault(cell_types.get(image_id, "cell"), []).append(value)
         return {k: float(np.mean(v)) for k, v in sorted(scores.items())}
 
     write_json(
@@ -76,8 +74,8 @@ def tune(cfg: Config) -> None:
             "cv": {
                 "tuned": result.score,
                 "default": result.start_score,
-                "tuned_per_class": per_class(result.thresholds),
-                "default_per_class": per_class(start),
+                "tuned_per_class": per_class(result.image_scores),
+                "default_per_class": per_class(result.start_image_scores),
                 "images": len(preds),
             },
             "steps": result.steps,

@@ -21,14 +21,26 @@ ScoreFn = Callable[[str, np.ndarray], float]  # (image id, predicted label image
 FIELDS = ("score", "mask", "min_area", "min_keep")
 
 
+def _mean(scores: Mapping[str, float]) -> float:
+    return float(np.mean(list(scores.values()))) if scores else 0.0
+
+
 @dataclass(frozen=True)
 class TuneResult:
-    """The best thresholds, their mean score, the starting score, and each accepted step."""
+    """The best thresholds, each image's score with them and at the start, each accepted step."""
 
     thresholds: Thresholds
-    score: float
-    start_score: float
+    image_scores: dict[str, float]
+    start_image_scores: dict[str, float]
     steps: list[dict]
+
+    @property
+    def score(self) -> float:
+        return _mean(self.image_scores)
+
+    @property
+    def start_score(self) -> float:
+        return _mean(self.start_image_scores)
 
 
 def _affected(preds: Mapping[str, ImagePredictions], mode: str, category: int) -> list[str]:
@@ -61,8 +73,8 @@ def tune_thresholds(
     def scores_of(t: Thresholds, ids: Sequence[str]) -> dict[str, float]:
         return {i: score(i, postprocess_image(preds[i], t)[0]) for i in ids}
 
-    per_image = scores_of(thresholds, list(preds))
-    start_score = float(np.mean(list(per_image.values()))) if per_image else 0.0
+    start = scores_of(thresholds, list(preds))
+    per_image = dict(start)
     steps: list[dict] = []
     jobs = [(r, c, f) for r in range(rounds) for c in categories for f in grid]
     for _, category, field in tqdm(jobs, desc="tune", disable=not progress):
@@ -84,8 +96,7 @@ def tune_thresholds(
                     "category": category,
                     "field": field,
                     "value": best_value,
-                    "score": float(np.mean(list(per_image.values()))),
+                    "score": _mean(per_image),
                 }
             )
-    final = float(np.mean(list(per_image.values()))) if per_image else 0.0
-    return TuneResult(thresholds, final, start_score, steps)
+    return TuneResult(thresholds, per_image, start, steps)
