@@ -53,17 +53,19 @@ $(WORK)/folds.csv: $(WORK)/coco/train.json $(CONFIG) | $(INSTALLED)
 	$(call cellpipe,folds)
 
 # --- training -------------------------------------------------------------------------------
-$(WORK)/pretrain/model_final.pth: $(WORK)/coco/train.json $(CONFIG) | $(INSTALLED)
+# summary.json: each family's pretrained model, or none (a dataset without LIVECell)
+$(WORK)/pretrain/summary.json: $(WORK)/coco/train.json $(CONFIG) | $(INSTALLED)
 	$(call train,pretrain)
 
-$(WORK)/finetune/summary.json: $(WORK)/pretrain/model_final.pth $(WORK)/folds.csv $(CONFIG) | $(INSTALLED)
+$(WORK)/finetune/summary.json: $(WORK)/pretrain/summary.json $(WORK)/folds.csv $(CONFIG) | $(INSTALLED)
 	$(call train,finetune)
 
 # --- inference and submission ---------------------------------------------------------------
-$(WORK)/predictions/oof.npz: $(WORK)/finetune/summary.json $(CONFIG) | $(INSTALLED)
+# index.json: the predictions of every family, work/predictions/<family>/{oof,test}.npz
+$(WORK)/predictions/index.json: $(WORK)/finetune/summary.json $(CONFIG) | $(INSTALLED)
 	$(call cellpipe,predict)
 
-$(WORK)/thresholds.json: $(WORK)/predictions/oof.npz $(CONFIG) | $(INSTALLED)
+$(WORK)/thresholds.json: $(WORK)/predictions/index.json $(CONFIG) | $(INSTALLED)
 	$(call cellpipe,tune)
 
 $(WORK)/postprocess/oof.csv: $(WORK)/thresholds.json $(CONFIG) | $(INSTALLED)
@@ -81,8 +83,8 @@ leaderboard: | $(INSTALLED)
 # --- Kaggle kernels -------------------------------------------------------------------------
 # work/kernels/: the bundle dataset and the inference / training notebooks (cellpipe kernels);
 # cellpipe's wheel is built from this checkout, so its sources are prerequisites too
-KERNEL_SOURCES := pyproject.toml $(wildcard kernels/*.py pipeline/*.py pipeline/core/*.py)
-$(WORK)/kernels/bundle/cellpipe-bundle.json: $(WORK)/thresholds.json $(WORK)/finetune/summary.json $(WORK)/pretrain/model_final.pth $(KERNEL_SOURCES) $(CONFIG) | $(INSTALLED)
+KERNEL_SOURCES := pyproject.toml $(wildcard kernels/*.py pipeline/*.py pipeline/*/*.py)
+$(WORK)/kernels/bundle/cellpipe-bundle.json: $(WORK)/thresholds.json $(WORK)/finetune/summary.json $(WORK)/pretrain/summary.json $(KERNEL_SOURCES) $(CONFIG) | $(INSTALLED)
 	$(call cellpipe,kernels)
 
 kernels: $(WORK)/kernels/bundle/cellpipe-bundle.json

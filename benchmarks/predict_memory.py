@@ -1,7 +1,7 @@
 """Benchmark: peak memory of predicting a 1000-instance 520x704 image, beyond the model itself.
 
 Each measurement runs in a fresh process (peak RSS only grows): the model alone (built, one tiny
-forward), cellpipe's `predict_instances` (masks kept cropped to their boxes), and the baseline,
+forward), the maskrcnn family's `predict` (masks kept cropped to their boxes), and the baseline,
 torchvision's own forward, which pastes every detection into a full-size float mask. Random
 weights with a zero score threshold give the worst case: every one of the 1000 detections kept.
 Usage: `python benchmarks/predict_memory.py [--config configs/cpu.yaml]`. Target: < 1 GiB.
@@ -21,18 +21,22 @@ def measure(mode: str, config: str) -> None:
     import torch
 
     from pipeline.config import load_config
-    from pipeline.modeling import build_model, predict_instances
+    from pipeline.models import build_model
+    from pipeline.models.maskrcnn import torchvision_maskrcnn
 
     torch.manual_seed(0)
-    cfg = load_config(config, ["model.score_thresh=0.0", "model.detections_per_image=1000"])
-    model = build_model(cfg.model, 4).eval()
+    overrides = ["model.maskrcnn.score_thresh=0.0", "model.maskrcnn.detections_per_image=1000"]
+    cfg = load_config(config, [*overrides, "model.family=maskrcnn"])
+    model = build_model(cfg.model, ["a", "b", "c"]).eval()
+    reference = torchvision_maskrcnn(cfg.model.maskrcnn, 4).eval()  # the same weights
+    reference.load_state_dict(model.state_dict())
     image = torch.rand(1, 520, 704)
     with torch.inference_mode():
-        model([torch.rand(1, 32, 32)])  # allocator and kernels warmed on a tiny image
+        model.predict([torch.rand(1, 32, 32)])  # allocator and kernels warmed on a tiny image
         if mode == "cellpipe":
-            n = len(predict_instances(model, [image])[0])
+            n = len(model.predict([image])[0])
         elif mode == "torchvision":
-            n = len(model([image])[0]["masks"])
+            n = len(reference([image])[0]["masks"])
         else:
             n = 0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB

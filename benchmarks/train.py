@@ -29,16 +29,15 @@ from torch.utils.data import DataLoader
 from pipeline import cli
 from pipeline.config import Config, load_config
 from pipeline.core.fileio import read_image, read_json
-from pipeline.data import (
+from pipeline.models import build_model, image_to_tensor
+from pipeline.training.data import (
     ClassMapping,
     CocoInstances,
     Record,
     TrainSampler,
     collate,
-    image_to_tensor,
     load_records,
 )
-from pipeline.modeling import build_model, predict_instances
 
 
 def competition_coco(cfg: Config, overrides: list[str]) -> tuple[Config, dict]:
@@ -121,11 +120,15 @@ def main() -> None:
     train, device = cfg.finetune, torch.device(args.device)
     mapping = ClassMapping.from_categories(coco["categories"])
     records, _ = load_records(coco, cfg.data, mapping)
-    data = CocoInstances(records, cfg.model.scale, train.augment)
+    torch.manual_seed(0)
+    model = build_model(cfg.model, mapping.classes)
+    data = CocoInstances(
+        records, model.target_maker(cfg.model.block()), cfg.model.scale, train.augment
+    )
     batch = train.solver.ims_per_batch
     n_instances = np.mean([len(r.labels) for r in records])
     print(
-        f"{cfg.model.backbone}, {len(records)} images, {n_instances:.0f} instances/image, "
+        f"{cfg.model.family}, {len(records)} images, {n_instances:.0f} instances/image, "
         f"batch {batch}, crop {train.augment.crop}, {train.solver.num_workers} loader workers"
     )
 
@@ -144,8 +147,6 @@ def main() -> None:
     loader_rate = 2 * args.steps * batch / (time.perf_counter() - began)
     del stream
 
-    torch.manual_seed(0)
-    model = build_model(cfg.model, len(mapping.classes) + 1)
     step_rate = train_steps(model, batches, device, None, args.steps)
     ratio = loader_rate / step_rate
     print(f"\nloader       {loader_rate:8.1f} images/s")
@@ -162,10 +163,10 @@ def main() -> None:
 
     model.eval()
     images = [image_to_tensor(read_image(r.path)).to(device) for r in records_list[:4]]
-    predict_instances(model, images[:1], cfg.model.scale)
+    model.predict(images[:1])
     began = time.perf_counter()
     for image in images:
-        predict_instances(model, [image], cfg.model.scale)
+        model.predict([image])
     if device.type == "cuda":
         torch.cuda.synchronize()
     print(f"\ninference at native size {len(images) / (time.perf_counter() - began):6.2f} images/s")

@@ -24,7 +24,7 @@ COMPETITION = "sartorius-cell-instance-segmentation"  # the competition's slug
 import shutil
 
 from pipeline.config import load_config
-from pipeline.kernels import kaggle_config, run
+from pipeline.kaggle.runtime import kaggle_config
 
 WORK = Path(tempfile.gettempdir()) / "cellpipe"  # scratch: the kernel's output is the submission
 CONFIG = kaggle_config(

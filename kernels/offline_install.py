@@ -69,3 +69,12 @@ import pipeline  # noqa: E402
 
 print(f"bundle {BUNDLE_DIR} (cellpipe {MANIFEST['version']}, commit {MANIFEST['commit']})")
 print(f"competition data {DATA}; cellpipe installed at {Path(pipeline.__file__).parent}")
+
+
+def run(command: str, config: Path) -> None:
+    """One cellpipe command in this process, as a notebook cell runs it; raises if it fails."""
+    from pipeline.cli import main as cellpipe
+
+    code = cellpipe([command, "--config", str(config)])
+    if code != 0:
+        raise RuntimeError(f"cellpipe {command} failed (exit {code}; its message is above)")

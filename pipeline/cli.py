@@ -11,23 +11,24 @@ import sys
 
 from pipeline.core.errors import CellpipeError
 
-# command -> module; each module has `main(cfg, args)` and may have `add_arguments(parser)`.
-# Heavy imports stay inside those functions.
+# command -> help; each command is the module pipeline.stages.<command>, with `main(cfg, args)`
+# and maybe `add_arguments(parser)`. Heavy imports stay inside those functions.
 COMMANDS = {
-    "prepare": ("pipeline.prepare", "download or generate the competition data"),
-    "convert": ("pipeline.convert", "competition CSV / label images -> COCO JSON"),
-    "folds": ("pipeline.folds", "k-fold split stratified by cell type, grouped by sample"),
-    "pretrain": ("pipeline.pretrain", "train Mask R-CNN on LIVECell"),
-    "finetune": ("pipeline.finetune", "fine-tune the pretrained model on every fold"),
-    "predict": ("pipeline.predict", "out-of-fold and test predictions, with TTA and ensembling"),
-    "tune": ("pipeline.tune", "per-class thresholds that maximise out-of-fold MAP-IoU"),
-    "postprocess": ("pipeline.postprocess", "thresholds and overlap removal -> final instances"),
-    "submit": ("pipeline.submit", "write and validate submission.csv"),
-    "validate": ("pipeline.validate", "check a submission CSV as Kaggle would"),
-    "score": ("pipeline.score", "score a submission CSV against train.csv (MAP-IoU, GlaS)"),
-    "leaderboard": ("pipeline.leaderboard", "the local leaderboard of scored submissions"),
-    "kernels": ("pipeline.kernels", "offline Kaggle bundle, inference and training notebooks"),
-    "push": ("pipeline.push", "upload the bundle and kernels to Kaggle, submit the inference"),
+    "prepare": "download or generate the competition data",
+    "convert": "competition CSV / label images -> COCO JSON",
+    "folds": "k-fold split stratified by cell type, grouped by sample",
+    "pretrain": "train each model family on LIVECell",
+    "finetune": "train each model family on every fold",
+    "predict": "out-of-fold and test predictions, with TTA and ensembling",
+    "tune": "per-class thresholds that maximise out-of-fold MAP-IoU",
+    "postprocess": "thresholds and overlap removal -> final instances",
+    "submit": "write and validate submission.csv",
+    "validate": "check a submission CSV as Kaggle would",
+    "score": "score a submission CSV against train.csv (MAP-IoU, GlaS)",
+    "leaderboard": "the local leaderboard of scored submissions",
+    "kernels": "offline Kaggle bundle, inference and training notebooks",
+    "push": "upload the bundle and kernels to Kaggle, submit the inference",
+    "models": "the registered model families",
 }
 
 
@@ -38,7 +39,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands = {}
-    for name, (_, help_text) in COMMANDS.items():
+    for name, help_text in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.add_argument("--config", "-c", default=None, help="YAML config (see configs/)")
         p.add_argument("--force", action="store_true", help="run even if outputs are up to date")
@@ -56,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     command = argv[0]
     # only the chosen command's module is imported; its own arguments come before the overrides,
     # and options may stand anywhere (`validate FILE --config C key=value`)
-    module = importlib.import_module(COMMANDS[command][0])
+    module = importlib.import_module(f"pipeline.stages.{command}")
     sub = commands[command]
     if hasattr(module, "add_arguments"):
         module.add_arguments(sub)

@@ -8,10 +8,10 @@ command line. The resolved config is frozen; each stage saves the part it read b
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from pipeline.core.errors import CellpipeError
 
@@ -66,11 +66,30 @@ class FoldsConfig(Section):
     group_by: str = "sample_id"
 
 
-class ModelConfig(Section):
-    """Mask R-CNN for dense cells; checkpoints record it, so mismatched weights fail clearly."""
+class ThresholdsConfig(Section):
+    """Postprocessing thresholds of one class (see pipeline.core.postprocess.ClassThresholds).
 
-    arch: str = "maskrcnn"  # a name in pipeline.modeling.MODELS
-    backbone: str = "resnet50_fpn"  # pipeline.modeling.BACKBONES: resnet{18,34,50}_fpn
+    Each family's config block holds its own defaults (`model.<family>.thresholds`): validation
+    paints with them, `tune` starts from them, `postprocess` uses them for classes it did not tune.
+    """
+
+    score: float = 0.5  # keep instances scoring at least this
+    mask: float = 0.5  # mask probability at which a pixel belongs to the instance
+    min_area: int = 10  # pixels an instance must keep after overlap removal
+    min_keep: float = 0.0  # fraction of its own area an instance must keep
+
+    def to_core(self):
+        from pipeline.core.postprocess import ClassThresholds
+
+        return ClassThresholds(**self.model_dump())
+
+
+class MaskRCNNConfig(Section):
+    """Family `maskrcnn`: torchvision's Mask R-CNN for dense cells (pipeline/models/maskrcnn.py)."""
+
+    trainable: ClassVar[bool] = True
+
+    backbone: str = "resnet50_fpn"  # pipeline.models.maskrcnn.BACKBONES: resnet{18,34,50}_fpn
     norm: Literal["frozen_bn", "bn", "gn"] = "frozen_bn"  # backbone normalisation: frozen_bn
     # with pretrained (ImageNet / COCO) weights; gn (group norm) to train from random weights
     trainable_layers: int = 5  # backbone stages trained, 0-5 (5: all, needed from random weights)
@@ -89,11 +108,53 @@ class ModelConfig(Section):
     rpn_batch_size_per_image: int = 256  # anchors sampled per image for the RPN loss
     roi_batch_size_per_image: int = 512  # proposals sampled per image for the box / mask losses
     detections_per_image: int = 1000  # COCO's default 100 is far too low for 700 cells
-    score_thresh: float = 0.05  # detections kept above this score (tune later, per class)
+    score_thresh: float = 0.05  # the score floor: detections below it are never produced
     nms_thresh: float = 0.5  # per-class box NMS at inference
-    scale: float = 1.0  # image scale for training and inference; 1 = native resolution
     pixel_mean: list[float] = [0.485, 0.456, 0.406]  # of images in [0, 1]; grey uses all three
     pixel_std: list[float] = [0.229, 0.224, 0.225]
+    thresholds: ThresholdsConfig = ThresholdsConfig()  # validation / tune start / fallback
+
+    @property
+    def score_floor(self) -> float:
+        return self.score_thresh
+
+
+class ModelConfig(Section):
+    """The model family (`model.family`, one of `cellpipe models`) and each family's block.
+
+    A checkpoint records its family and block, so weights of another configuration fail clearly.
+    """
+
+    family: str = "maskrcnn"  # the family pretrain / finetune train and predict uses
+    scale: float = 1.0  # image scale for training and inference; 1 = native resolution
+    maskrcnn: MaskRCNNConfig = MaskRCNNConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_keys(cls, data: Any) -> Any:
+        """Keys of the flat Mask R-CNN config that moved into `model.maskrcnn`."""
+        if isinstance(data, dict):
+            moved = sorted(set(data) & (set(MaskRCNNConfig.model_fields) | {"arch"}))
+            if moved:
+                key = moved[0]
+                new = "model.family" if key == "arch" else f"model.maskrcnn.{key}"
+                raise ValueError(f"model.{key} moved to {new}")
+        return data
+
+    @model_validator(mode="after")
+    def _known_family(self) -> ModelConfig:
+        if self.family not in self.families():
+            raise ValueError(f"unknown family {self.family!r}; known: {', '.join(self.families())}")
+        return self
+
+    @classmethod
+    def families(cls) -> list[str]:
+        """Names of the families that have a config block."""
+        return [name for name in cls.model_fields if name not in ("family", "scale")]
+
+    def block(self, family: str | None = None) -> Section:
+        """The config block of `family` (default: `model.family`)."""
+        return getattr(self, family or self.family)
 
 
 class SolverConfig(Section):
@@ -153,8 +214,16 @@ class TrainConfig(Section):
     solver: SolverConfig = SolverConfig()
     augment: AugmentConfig = AugmentConfig()
     val_max_images: int = 0  # validate on the first N validation images; 0: all
-    val_score_thresh: float = 0.5  # detections painted into validation label images
-    val_mask_thresh: float = 0.5  # mask probability threshold
+    # validation paints with the family's thresholds (model.<family>.thresholds)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key, field in (("val_score_thresh", "score"), ("val_mask_thresh", "mask")):
+                if key in data:
+                    raise ValueError(f"{key} moved to model.<family>.thresholds.{field}")
+        return data
 
 
 class PretrainConfig(TrainConfig):
@@ -175,34 +244,35 @@ class PredictConfig(Section):
     """Out-of-fold and test predictions, with test-time augmentation and model ensembling."""
 
     splits: list[Literal["oof", "test"]] = ["oof", "test"]
+    models: list[str] = []  # families whose predictions are combined; empty: [model.family]
     tta: list[Literal["none", "hflip", "vflip", "hvflip"]] = ["none", "hflip"]
-    checkpoints: list[Path] = []  # test models; empty: every fold's best finetune checkpoint
+    checkpoints: list[Path] = []  # test models (any family); empty: every fold's best model
     merge_iou: float = 0.55  # box IoU above which detections of two views are one instance
     min_votes: int = 1  # views (x models) that must see an instance for it to be kept
     batch_size: int = 2
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda when available
 
 
-class ClassThresholdsConfig(Section):
-    """Postprocessing thresholds of one class (see pipeline.core.postprocess)."""
-
-    score: float = 0.5  # keep detections scoring at least this
-    mask: float = 0.5  # mask probability at which a pixel belongs to the instance
-    min_area: int = 10  # pixels an instance must keep after overlap removal
-    min_keep: float = 0.0  # fraction of its own area an instance must keep
-
-
 class TuneConfig(Section):
-    """Per-class threshold search on the out-of-fold predictions, from `start`."""
+    """Per-class threshold search on the out-of-fold predictions.
+
+    It starts from each family's own defaults (`model.<family>.thresholds`).
+    """
 
     class_mode: Literal["image", "instance"] = "image"  # image: the mode of predicted classes
     order: Literal["score", "area"] = "score"  # overlap removal: best score or biggest first
-    start: ClassThresholdsConfig = ClassThresholdsConfig()  # the defaults, for every class
     score: list[float] = [0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7]
     mask: list[float] = [0.3, 0.4, 0.5, 0.6]
     min_area: list[int] = [0, 10, 25, 50, 75, 100, 150]
     min_keep: list[float] = [0.0, 0.3, 0.5, 0.7]
     rounds: int = 2  # passes over every (class, threshold)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "start" in data:
+            raise ValueError("tune.start moved to model.<family>.thresholds")
+        return data
 
 
 class SubmitConfig(Section):
@@ -279,6 +349,50 @@ class Config(Section):
     def layout(self) -> Layout:
         return Layout(self.work_dir, self.data)
 
+    @property
+    def families(self) -> list[str]:
+        """The families predicted (and trained, if they train): predict.models, or model.family."""
+        return list(dict.fromkeys(self.predict.models)) or [self.model.family]
+
+    @property
+    def folds_trained(self) -> list[int]:
+        """The folds that get a fine-tuned model: finetune.folds, else every fold."""
+        return list(self.finetune.folds) or list(range(self.folds.n_folds))
+
+    def fold_models(self) -> list[Path]:
+        """Every fold's best model of every trained family (the default test models)."""
+        layout = self.layout
+        return [
+            layout.finetune_model(family, k)
+            for family in self.families
+            if self.model.block(family).trainable
+            for k in self.folds_trained
+        ]
+
+    @model_validator(mode="after")
+    def _check(self) -> Config:
+        known = ModelConfig.families()
+        unknown = [f for f in self.predict.models if f not in known]
+        if unknown:
+            raise ValueError(f"predict.models: unknown family {unknown[0]!r}; known: {known}")
+        for family in self.families:
+            block = self.model.block(family)
+            floor = getattr(block, "score_floor", None)
+            if floor is None:
+                continue
+            lowest = min(self.tune.score, default=floor)
+            if lowest < floor:
+                raise ValueError(
+                    f"tune.score has {lowest:g}, below the {family} score floor {floor:g} "
+                    f"(model.{family}.score_thresh): instances under it are never produced"
+                )
+            if block.thresholds.score < floor:
+                raise ValueError(
+                    f"model.{family}.thresholds.score {block.thresholds.score:g} is below the "
+                    f"score floor {floor:g} (model.{family}.score_thresh)"
+                )
+        return self
+
 
 class Layout:
     """Declared files of every stage: the Makefile mirrors these names."""
@@ -299,10 +413,11 @@ class Layout:
         self.folds_csv = work / "folds.csv"
         self.manifests = work / "manifests"
         self.pretrain_dir = work / "pretrain"
-        self.pretrain_model = self.pretrain_dir / "model_final.pth"
+        self.pretrain_summary = self.pretrain_dir / "summary.json"  # each family's model or none
         self.finetune_dir = work / "finetune"
         self.finetune_summary = self.finetune_dir / "summary.json"  # per-fold validation scores
-        self.predictions_dir = work / "predictions"  # box-cropped predictions, one .npz a split
+        self.predictions_dir = work / "predictions"  # box-cropped, one .npz a family and split
+        self.predictions_index = self.predictions_dir / "index.json"  # families and their files
         self.thresholds = work / "thresholds.json"
         self.postprocess_dir = work / "postprocess"  # final instances, one CSV a split
         self.submission = work / "submission.csv"
@@ -314,17 +429,25 @@ class Layout:
         self.kernels_inference = self.kernels_dir / "inference"  # the code-submission notebook
         self.kernels_train = self.kernels_dir / "train"  # the GPU fine-tuning notebook
 
-    def finetune_run(self, fold: int) -> Path:
-        return self.finetune_dir / f"fold{fold}"
+    def pretrain_run(self, family: str) -> Path:
+        return self.pretrain_dir / family
 
-    def finetune_model(self, fold: int) -> Path:
-        return self.finetune_run(fold) / "model_best.pth"
+    def pretrain_model(self, family: str) -> Path:
+        return self.pretrain_run(family) / "model_final.pth"
 
-    def predictions(self, split: str) -> Path:
-        return self.predictions_dir / f"{split}.npz"
+    def finetune_run(self, family: str, fold: int) -> Path:
+        return self.finetune_dir / family / f"fold{fold}"
 
-    def postprocessed(self, split: str) -> Path:
-        return self.postprocess_dir / f"{split}.csv"
+    def finetune_model(self, family: str, fold: int) -> Path:
+        return self.finetune_run(family, fold) / "model_best.pth"
+
+    def predictions(self, family: str, split: str) -> Path:
+        return self.predictions_dir / family / f"{split}.npz"
+
+    def postprocessed(self, split: str, family: str | None = None) -> Path:
+        """The final instances of a split: of the ensemble, or of one family alone."""
+        folder = self.postprocess_dir / family if family else self.postprocess_dir
+        return folder / f"{split}.csv"
 
     def livecell_annotations(self, split: str) -> Path:
         return self.livecell / "annotations" / "LIVECell" / f"livecell_coco_{split}.json"
@@ -387,9 +510,10 @@ def load_config(path: Path | str | None = None, overrides: list[str] | None = No
         return Config.model_validate(data)
     except ValidationError as e:
         first = e.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "config"
+        where = "".join(f" {p}" if i == 0 else f".{p}" for i, p in enumerate(first["loc"]))
         more = f" (+{e.error_count() - 1} more)" if e.error_count() > 1 else ""
-        raise CellpipeError(f"config {where}: {first['msg']}{more}") from None
+        message = first["msg"].removeprefix("Value error, ")
+        raise CellpipeError(f"config{where}: {message}{more}") from None
 
 
 def dump_yaml(section: BaseModel) -> str:

@@ -15,14 +15,15 @@ from skimage import draw
 from pipeline.config import AugmentConfig
 from pipeline.core.errors import CellpipeError
 from pipeline.core.fileio import write_png
-from pipeline.data import (
+from pipeline.models import image_to_tensor
+from pipeline.models.maskrcnn import maskrcnn_targets
+from pipeline.training.data import (
     ClassMapping,
     CocoImages,
     CocoInstances,
     TrainSampler,
     collate,
     decode_crop,
-    image_to_tensor,
     label_image,
     load_records,
 )
@@ -192,7 +193,7 @@ def test_unaugmented_sample_is_the_image_and_its_masks(tmp_path):
     coco = tiny_coco(tmp_path, n_images=1)
     mapping = ClassMapping.from_categories(coco["categories"])
     records, _ = load_records(coco, tmp_path, mapping)
-    image, target = CocoInstances(records)[(0, (0, 0))]
+    image, target = CocoInstances(records, maskrcnn_targets)[(0, (0, 0))]
     assert image.shape == (1, 96, 128) and image.dtype == torch.float32
     truth = np.stack([mask_utils.decode(a["segmentation"]) for a in coco["annotations"]])
     np.testing.assert_array_equal(target["masks"].numpy(), truth)
@@ -206,7 +207,7 @@ def test_unaugmented_sample_is_the_image_and_its_masks(tmp_path):
 def test_scale_resamples_masks_at_pixel_centres(tmp_path):
     coco = tiny_coco(tmp_path, n_images=1)
     records, _ = load_records(coco, tmp_path, ClassMapping.from_categories(coco["categories"]))
-    image, target = CocoInstances(records, scale=0.5)[(0, (0, 0))]
+    image, target = CocoInstances(records, maskrcnn_targets, scale=0.5)[(0, (0, 0))]
     assert image.shape == (1, 48, 64)
     truth = np.stack([mask_utils.decode(a["segmentation"]) for a in coco["annotations"]])
     small = truth[:, 1::2, 1::2]
@@ -220,7 +221,7 @@ def test_augmented_masks_boxes_and_image_agree(tmp_path, seed):
     augment = NO_AUGMENT.model_copy(
         update={"hflip": 0.5, "vflip": 0.5, "rot90": 0.7, "crop": (64, 80)}
     )
-    image, target = CocoInstances(records, augment=augment)[(0, (seed, 1))]
+    image, target = CocoInstances(records, maskrcnn_targets, augment=augment)[(0, (seed, 1))]
     masks = target["masks"].numpy().astype(bool)
     assert image.shape[1:] in ((64, 80), (80, 64)) and masks.shape[1:] == image.shape[1:]
     # the image was drawn with level 20 (k + 1) inside instance k: rebuild it from the masks
@@ -239,7 +240,9 @@ def test_augmented_masks_boxes_and_image_agree(tmp_path, seed):
 def test_photometric_and_scale_jitter_stay_in_range(tmp_path):
     coco = tiny_coco(tmp_path, n_images=2)
     records, _ = load_records(coco, tmp_path, ClassMapping.from_categories(coco["categories"]))
-    data = CocoInstances(records, augment=AugmentConfig(brightness=0.3, contrast=0.5))
+    data = CocoInstances(
+        records, maskrcnn_targets, augment=AugmentConfig(brightness=0.3, contrast=0.5)
+    )
     for k in range(6):
         image, target = data[(k % 2, (3, k))]
         assert image.min() >= 0 and image.max() <= 1
@@ -257,9 +260,11 @@ def test_one_pixel_mask_and_crop_without_instances(tmp_path):
     }
     write_png(tmp_path / "x.png", np.full((40, 40), 128, np.uint8))
     records, _ = load_records(coco, tmp_path, ClassMapping.from_categories(coco["categories"]))
-    _, target = CocoInstances(records)[(0, (0, 0))]
+    _, target = CocoInstances(records, maskrcnn_targets)[(0, (0, 0))]
     assert target["boxes"].tolist() == [[35.0, 30.0, 36.0, 31.0]]
-    cropped = CocoInstances(records, augment=NO_AUGMENT.model_copy(update={"crop": (8, 8)}))
+    cropped = CocoInstances(
+        records, maskrcnn_targets, augment=NO_AUGMENT.model_copy(update={"crop": (8, 8)})
+    )
     empty = [cropped[(0, (0, k))][1] for k in range(10)]
     assert any(t["boxes"].shape == (0, 4) and t["masks"].shape == (0, 8, 8) for t in empty)
 
@@ -268,7 +273,7 @@ def test_unreadable_image_is_skipped_with_a_warning(tmp_path):
     coco = tiny_coco(tmp_path, n_images=2)
     records, _ = load_records(coco, tmp_path, ClassMapping.from_categories(coco["categories"]))
     (tmp_path / "train" / "img1.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
-    data = CocoInstances(records)
+    data = CocoInstances(records, maskrcnn_targets)
     with pytest.warns(UserWarning, match="img1.png"):
         images, targets, skipped = collate([data[(0, (0, 0))], data[(1, (0, 1))]])
     assert (len(images), len(targets), skipped) == (1, 1, 1)

@@ -15,14 +15,15 @@ import pytest
 import torch
 import yaml
 from test_data import tiny_coco, write_coco
-from test_modeling import TINY
+from test_models import TINY, maskrcnn
 
 from pipeline import cli
 from pipeline.config import SolverConfig
 from pipeline.core.errors import CellpipeError
-from pipeline.data import ClassMapping, CocoInstances, load_records
-from pipeline.engine import Context, fit, lr_factor
-from pipeline.modeling import build_model, read_checkpoint
+from pipeline.models.checkpoints import read_checkpoint
+from pipeline.models.maskrcnn import maskrcnn_targets
+from pipeline.training.data import ClassMapping, CocoInstances, load_records
+from pipeline.training.engine import Context, fit, lr_factor
 
 pytestmark = pytest.mark.slow
 CPU = Context(0, 1, torch.device("cpu"))
@@ -42,14 +43,14 @@ def dataset(root: Path, n_images: int = 4) -> tuple[CocoInstances, list[str]]:
     coco = tiny_coco(root, n_images=n_images)
     mapping = ClassMapping.from_categories(coco["categories"])
     records, _ = load_records(coco, root, mapping)
-    return CocoInstances(records), mapping.classes
+    return CocoInstances(records, maskrcnn_targets), mapping.classes
 
 
 def train(
     run_dir: Path, data: CocoInstances, solver: SolverConfig, validate=None
 ) -> torch.nn.Module:
     torch.manual_seed(0)
-    model = build_model(TINY, 3)
+    model = maskrcnn()
     meta = {"model_config": TINY.model_dump(mode="json"), "classes": ["a", "b"], "params": {"x": 1}}
     fit(model, data, solver, run_dir, meta, CPU, validate=validate)
     return model
@@ -144,7 +145,7 @@ def workspace(tmp_path: Path) -> tuple[Path, list[str]]:
     pd.DataFrame({"id": stems, "fold": [0, 1, 0, 1, 0, 1]}).to_csv(work / "folds.csv", index=False)
     solver = SOLVER.model_dump(mode="json") | {"max_iter": 6, "eval_period": 3}
     config = {
-        "model": TINY.model_dump(mode="json"),
+        "model": {"maskrcnn": TINY.model_dump(mode="json")},
         "pretrain": {"solver": solver, "val_max_images": 2},
         "finetune": {"solver": solver | {"base_lr": 0.01}},
     }
@@ -156,18 +157,21 @@ def test_pretrain_then_finetune(tmp_path, capsys):
     config, base = workspace(tmp_path)
     work = tmp_path / "work"
     assert cli.main(["pretrain", "-c", str(config), *base]) == 0
-    assert read_checkpoint(work / "pretrain" / "model_final.pth")["classes"] == ["cell"]
-    assert (work / "pretrain" / "config.yaml").is_file()
+    pretrained = read_checkpoint(work / "pretrain" / "maskrcnn" / "model_final.pth")
+    assert pretrained["classes"] == ["cell"] and pretrained["family"] == "maskrcnn"
+    assert (work / "pretrain" / "maskrcnn" / "config.yaml").is_file()
     assert cli.main(["finetune", "-c", str(config), *base]) == 0
     out = capsys.readouterr()
     assert "class heads new (classes ['cell'] -> ['astro', 'cort'])" in out.err + out.out
-    summary = json.loads((work / "finetune" / "summary.json").read_text())
+    summary = json.loads((work / "finetune" / "summary.json").read_text())["maskrcnn"]
     assert set(summary["folds"]) == {"0", "1"}
     for k in (0, 1):
-        best = read_checkpoint(work / "finetune" / f"fold{k}" / "model_best.pth")
+        best = read_checkpoint(work / "finetune" / "maskrcnn" / f"fold{k}" / "model_best.pth")
         assert best["classes"] == ["astro", "cort"] and best["iteration"] in (3, 6)
         assert summary["folds"][str(k)]["map_iou"] == best["best"]["score"]
-        val = [m for m in metrics(work / "finetune" / f"fold{k}") if "val_map_iou" in m]
+        val = [
+            m for m in metrics(work / "finetune" / "maskrcnn" / f"fold{k}") if "val_map_iou" in m
+        ]
         assert [m["val_images"] for m in val] == [3, 3]  # the fold's held-out images
     assert cli.main(["finetune", "-c", str(config), *base]) == 0
     assert capsys.readouterr().out.count("up to date") == 2
@@ -179,7 +183,7 @@ def test_stage_user_errors_are_one_line(tmp_path, capsys):
         (["finetune.folds=[4]"], r"finetune.folds \[4\]: .* has folds \[0, 1\]"),
         (["finetune.init=/nowhere.pth"], "missing input /nowhere.pth"),
         (["finetune.categories=[HeLa]", "finetune.folds=[0]", "finetune.init=random"], "HeLa"),
-        (["model.backbone=vgg", "finetune.folds=[0]", "finetune.init=random"], "unknown backbone"),
+        (["model.maskrcnn.backbone=vgg", "finetune.folds=[0]", "finetune.init=random"], "vgg"),
     ]
     for overrides, message in cases:
         assert cli.main(["finetune", "-c", str(config), *base, *overrides]) == 2
@@ -200,9 +204,9 @@ def test_ddp_with_two_cpu_processes(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
-    best = read_checkpoint(tmp_path / "work" / "finetune" / "fold1" / "model_best.pth")
-    assert best["iteration"] in (3, 4)
-    checkpoint = read_checkpoint(tmp_path / "work" / "finetune" / "fold1" / "checkpoint.pth")
+    run = tmp_path / "work" / "finetune" / "maskrcnn" / "fold1"
+    assert read_checkpoint(run / "model_best.pth")["iteration"] in (3, 4)
+    checkpoint = read_checkpoint(run / "checkpoint.pth")
     assert len(checkpoint["rng"]) == 2  # both processes' RNG, for an exact resume
-    log = metrics(tmp_path / "work" / "finetune" / "fold1")
+    log = metrics(run)
     assert [m["iteration"] for m in log if "loss" in m] == [1, 2, 3, 4]

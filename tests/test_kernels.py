@@ -20,28 +20,31 @@ import torch
 from kaggle_stub import client_env
 
 from pipeline.cli import main
-from pipeline.config import ClassThresholdsConfig, SyntheticConfig, TuneConfig, load_config
+from pipeline.config import SyntheticConfig, load_config
 from pipeline.core.fileio import write_json
+from pipeline.core.postprocess import ClassThresholds, Thresholds
 from pipeline.core.synthetic import write_dataset
-from pipeline.engine import save_checkpoint
-from pipeline.kernels import check_dataset_metadata, check_kernel_metadata, find_credentials
-from pipeline.modeling import build_model
-from pipeline.tune import start_thresholds
+from pipeline.kaggle.credentials import find_credentials
+from pipeline.kaggle.metadata import check_dataset_metadata, check_kernel_metadata
+from pipeline.models import build_model
+from pipeline.models.checkpoints import checkpoint_meta, read_checkpoint
+from pipeline.training.engine import save_checkpoint
+from pipeline.training.runs import write_pretrain_summary
 
 COMPETITION = "sartorius-cell-instance-segmentation"
 CLASSES = ["astro", "cort", "shsy5y"]  # as the training stages name them: sorted cell types
 # a light Mask R-CNN: random weights, few detections, so the notebook runs in seconds on a CPU
 SETTINGS = [
-    "model.backbone=resnet18_fpn",
-    "model.norm=gn",
-    "model.fpn_channels=16",
-    "model.box_head_dim=32",
-    "model.mask_head_channels=16",
-    "model.anchor_sizes=[[8],[16],[32],[64],[128]]",
-    "model.anchor_ratios=[1.0]",
-    "model.rpn_pre_nms_top_n_test=200",
-    "model.rpn_post_nms_top_n_test=100",
-    "model.detections_per_image=50",
+    "model.maskrcnn.backbone=resnet18_fpn",
+    "model.maskrcnn.norm=gn",
+    "model.maskrcnn.fpn_channels=16",
+    "model.maskrcnn.box_head_dim=32",
+    "model.maskrcnn.mask_head_channels=16",
+    "model.maskrcnn.anchor_sizes=[[8],[16],[32],[64],[128]]",
+    "model.maskrcnn.anchor_ratios=[1.0]",
+    "model.maskrcnn.rpn_pre_nms_top_n_test=200",
+    "model.maskrcnn.rpn_post_nms_top_n_test=100",
+    "model.maskrcnn.detections_per_image=50",
     "predict.tta=[none,hflip]",
     "predict.device=cpu",
     "finetune.folds=[0,1]",
@@ -57,7 +60,7 @@ TRAIN = [
     "finetune.solver.num_workers=0",
     "finetune.solver.device=cpu",
     "tune.rounds=1",
-    "tune.score=[0.0,0.5]",
+    "tune.score=[0.05,0.5]",
     "tune.mask=[0.25]",
     "tune.min_area=[0]",
     "tune.min_keep=[0.0]",
@@ -67,8 +70,8 @@ TRAIN = [
 def save_model(cfg, path, seed):
     """A checkpoint in the training stages' format, random weights."""
     torch.manual_seed(seed)
-    model = build_model(cfg.model, len(CLASSES) + 1)
-    meta = {"model_config": cfg.model.model_dump(mode="json"), "classes": CLASSES, "params": {}}
+    model = build_model(cfg.model, CLASSES)
+    meta = {**checkpoint_meta(cfg.model, "maskrcnn", CLASSES), "params": {}}
     best = {"score": -math.inf, "iteration": 0}
     save_checkpoint(path, {**meta, "model": model.state_dict(), "iteration": 0, "best": best})
 
@@ -122,12 +125,13 @@ def project(tmp_path_factory):
     ]
     cfg = load_config(None, settings)
     for k in (0, 1):
-        save_model(cfg, cfg.layout.finetune_model(k), seed=k)
-    save_model(cfg, cfg.layout.pretrain_model, seed=2)
+        save_model(cfg, cfg.layout.finetune_model("maskrcnn", k), seed=k)
+    save_model(cfg, cfg.layout.pretrain_model("maskrcnn"), seed=2)
+    write_pretrain_summary(cfg.layout, {"maskrcnn": cfg.layout.pretrain_model("maskrcnn")})
     # low thresholds: a random model's scores and mask probabilities are low, and the
     # submission should not be empty
-    tune = TuneConfig(start=ClassThresholdsConfig(score=0.0, mask=0.25, min_area=1))
-    write_json(cfg.layout.thresholds, {"thresholds": start_thresholds(tune).to_json()})
+    low = Thresholds(default=ClassThresholds(score=0.0, mask=0.25, min_area=1, min_keep=0.0))
+    write_json(cfg.layout.thresholds, {"thresholds": low.to_json()})
     return root, data, settings
 
 
@@ -143,20 +147,21 @@ def test_bundle_holds_what_the_kernels_need(built, project, capsys):
     manifest = json.loads((bundle / "cellpipe-bundle.json").read_text())
     assert manifest["slug"] == "cellpipe-bundle"
     assert manifest["checkpoints"] == [
-        "checkpoints/fold0-model_best.pth",
-        "checkpoints/fold1-model_best.pth",
+        "checkpoints/maskrcnn-fold0-model_best.pth",
+        "checkpoints/maskrcnn-fold1-model_best.pth",
     ]
-    assert manifest["pretrained"] == "pretrained/model_final.pth"
+    assert manifest["pretrained"] == {"maskrcnn": "pretrained/maskrcnn-model_final.pth"}
     wheels = sorted(Path(w).name for w in manifest["wheels"])
     assert wheels == ["cellpipe-0.1.0-py3-none-any.whl", "cellpipe_test_dep-1.0-py3-none-any.whl"]
-    listed = [manifest[k] for k in ("config", "train_config", "thresholds", "pretrained")]
+    listed = [manifest[k] for k in ("config", "train_config", "thresholds")]
+    listed += manifest["pretrained"].values()
     for name in [*listed, *manifest["checkpoints"], *manifest["wheels"]]:
         assert (bundle / name).is_file(), name
     # the bundled config is this run's, resolved: the models load with it
     assert load_config(bundle / "config.yaml").model == load_config(None, SETTINGS).model
     with zipfile.ZipFile(bundle / manifest["wheels"][0]) as whl:
         names = whl.namelist()
-    assert "pipeline/kernels.py" in names and "pipeline/core/rle.py" in names
+    assert "pipeline/kaggle/bundle.py" in names and "pipeline/core/rle.py" in names
     assert not any("__pycache__" in n for n in names)
 
     dataset = json.loads((bundle / "dataset-metadata.json").read_text())
@@ -273,16 +278,15 @@ def test_inference_notebook_runs_offline_in_a_simulated_kaggle(
 
 
 def test_training_notebook_fine_tunes_from_the_bundle(built, project, tmp_path, monkeypatch):
-    from pipeline.modeling import read_checkpoint
-
     _, data, _ = project
     working, _, printed = run_in_kaggle(built, data, "train", tmp_path, monkeypatch)
     out = working / "cellpipe"
-    assert "weights from" in printed and "pretrained/model_final.pth" in printed
+    assert "weights from" in printed and "pretrain/maskrcnn/model_final.pth" in printed
+    block = load_config(None, SETTINGS).model.maskrcnn
     for k in (0, 1):
-        saved = read_checkpoint(out / "finetune" / f"fold{k}" / "model_best.pth")
-        assert saved["iteration"] == 2
-        assert saved["model_config"] == load_config(None, SETTINGS).model.model_dump(mode="json")
+        saved = read_checkpoint(out / "finetune" / "maskrcnn" / f"fold{k}" / "model_best.pth")
+        assert saved["iteration"] == 2 and saved["family"] == "maskrcnn"
+        assert saved["model_config"] == block.model_dump(mode="json")
     thresholds = json.loads((out / "thresholds.json").read_text())
     assert thresholds["cv"]["images"] == 6  # every training image predicted out of fold
 
@@ -334,18 +338,17 @@ def test_user_errors_are_one_line(project, tmp_path, capsys):
         ("kernels.inference_title=cell", "at least 5 characters"),
         (f"kernels.checkpoints=[{tmp_path / 'a' / 'm.pth'},{tmp_path / 'b' / 'm.pth'}]", "missing"),
         ("kernels.wheels=[no-such-package-cellpipe]", "pip download no-such-package-cellpipe"),
-        ("kernels.train_overrides=[model.fpn_channels=32]", "another model"),
+        ("kernels.train_overrides=[model.maskrcnn.fpn_channels=32]", "another maskrcnn model"),
     ]
     for override, message in cases:
         assert run_kernels(project, override, "--force") == 2, override
         err = capsys.readouterr().err.strip()
         assert err.count("\n") == 0 and message in err, (override, err)
-    for name in ("a", "b"):  # same folder name and file name: one bundle name for two models
-        (tmp_path / name).mkdir()
-        (tmp_path / name / "m.pth").write_bytes(b"")
-    twins = (
-        f"kernels.checkpoints=[{tmp_path / 'a' / 'm.pth'},{tmp_path / 'a' / '..' / 'a' / 'm.pth'}]"
-    )
+    twins = [tmp_path / run / "maskrcnn" / "fold0" / "m.pth" for run in ("a", "b")]
+    for path in twins:  # the same last three parts: one bundle name for two models
+        path.parent.mkdir(parents=True)
+        path.write_bytes(b"")
+    twins = f"kernels.checkpoints=[{twins[0]},{twins[1]}]"
     assert run_kernels(project, twins, "--force") == 2
     assert "share a name" in capsys.readouterr().err
 
@@ -435,7 +438,8 @@ def test_missing_inputs_are_named(project, tmp_path, capsys):
 
 def test_kernel_helpers_fail_loudly(built, tmp_path):
     from pipeline.core.errors import CellpipeError
-    from pipeline.kernels import kaggle_config, notebook, run
+    from pipeline.kaggle.notebooks import notebook
+    from pipeline.kaggle.runtime import kaggle_config
 
     base = built / "bundle" / "config.yaml"
     config = kaggle_config(
@@ -446,7 +450,5 @@ def test_kernel_helpers_fail_loudly(built, tmp_path):
     assert cfg.model == load_config(base).model
     with pytest.raises(CellpipeError, match="tune.roundz"):
         kaggle_config(tmp_path / "bad.yaml", base=base, tune={"roundz": 3})
-    with pytest.raises(RuntimeError, match="cellpipe submit failed"):
-        run("submit", config)  # nothing to submit in an empty work_dir
     with pytest.raises(CellpipeError, match="parameters"):
         notebook("inference", {"BUNDLE": "cellpipe-bundle"})

@@ -78,7 +78,7 @@ THRESHOLDS = st.builds(
 )
 def test_matches_reference(seed, mode, per_class, default):
     pred = random_predictions(np.random.default_rng(seed))
-    thresholds = Thresholds(per_class, default, mode, "score")
+    thresholds = Thresholds(default, per_class, mode, "score")
     labels, kept = postprocess_image(pred, thresholds)
     ref_labels, ref_kept = reference(pred, thresholds)
     np.testing.assert_array_equal(labels, ref_labels)
@@ -107,13 +107,17 @@ def test_area_order_keeps_the_biggest():
 
 
 def test_empty_predictions():
-    labels, kept = postprocess_image(ImagePredictions.empty((5, 6)), Thresholds())
+    thresholds = Thresholds(default=ClassThresholds(0.5, 0.5, 10, 0.0))
+    labels, kept = postprocess_image(ImagePredictions.empty((5, 6)), thresholds)
     assert labels.shape == (5, 6) and not labels.any() and kept.size == 0
 
 
 def test_thresholds_json(tmp_path):
     thresholds = Thresholds(
-        {1: ClassThresholds(0.15, 0.5, 75, 0.2)}, ClassThresholds(), "instance", "area"
+        ClassThresholds(0.5, 0.5, 10, 0.0),
+        {1: ClassThresholds(0.15, 0.5, 75, 0.2)},
+        "instance",
+        "area",
     )
     path = tmp_path / "thresholds.json"
     path.write_text(json.dumps({"thresholds": thresholds.to_json(), "cv": {}}))

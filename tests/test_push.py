@@ -28,8 +28,8 @@ def built(tmp_path_factory):
     """`cellpipe kernels` output, built without a Kaggle username (ids say a placeholder)."""
     root = tmp_path_factory.mktemp("push")
     work = root / "work"
-    (work / "finetune" / "fold0").mkdir(parents=True)
-    (work / "finetune" / "fold0" / "model_best.pth").write_bytes(b"weights")  # only copied
+    (work / "finetune" / "maskrcnn" / "fold0").mkdir(parents=True)
+    (work / "finetune" / "maskrcnn" / "fold0" / "model_best.pth").write_bytes(b"weights")  # copied
     write_json(work / "thresholds.json", {"thresholds": {}})
     settings = [f"work_dir={work}", "finetune.folds=[0]", "kernels.include_pretrained=false"]
     with pytest.MonkeyPatch.context() as mp:

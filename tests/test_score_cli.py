@@ -10,8 +10,8 @@ from kaggle_stub import KaggleStub, client_env, json_reply
 
 from pipeline.cli import main
 from pipeline.core import rle
+from pipeline.core.ledger import apply_kaggle_scores, read_ledger
 from pipeline.core.metrics import map_iou
-from pipeline.leaderboard import apply_kaggle_scores, read_ledger
 
 LIST_SUBMISSIONS = "competitions.CompetitionApiService/ListSubmissions"
 

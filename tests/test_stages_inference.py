@@ -75,8 +75,8 @@ def work(tmp_path_factory):
 
 
 def test_predictions_are_box_cropped_per_split(work):
-    oof = load_predictions(work / "predictions" / "oof.npz")
-    test = load_predictions(work / "predictions" / "test.npz")
+    oof = load_predictions(work / "predictions" / "maskrcnn" / "oof.npz")
+    test = load_predictions(work / "predictions" / "maskrcnn" / "test.npz")
     assert len(oof) == 6 and len(test) == 2
     for pred in [*oof.values(), *test.values()]:
         assert pred.shape == (96, 128)
@@ -121,7 +121,7 @@ def test_out_of_fold_score_is_recorded(work):
 def test_rerun_is_up_to_date(work, capsys):
     capsys.readouterr()
     assert cellpipe(work, "predict") == 0
-    assert "predict: up to date" in capsys.readouterr().out
+    assert "predict_maskrcnn: up to date" in capsys.readouterr().out
 
 
 def one_line(capsys, text):
@@ -133,7 +133,7 @@ def one_line(capsys, text):
 
 def test_checkpoint_of_another_model_is_one_line(work, capsys):
     capsys.readouterr()
-    assert cellpipe(work, "predict", "--force", "model.fpn_channels=32") == 2
+    assert cellpipe(work, "predict", "--force", "model.maskrcnn.fpn_channels=32") == 2
     one_line(capsys, "another model")
 
 

@@ -66,7 +66,7 @@ def test_tuning_improves_and_never_loses():
 def test_nothing_to_gain_keeps_the_start():
     rng = np.random.default_rng(1)
     truth, pred = make_image(rng, 1)
-    best = Thresholds(default=ClassThresholds(score=0.5, mask=0.5, min_area=10))
+    best = Thresholds(default=ClassThresholds(score=0.5, mask=0.5, min_area=10, min_keep=0.0))
     result = tune_thresholds(
         {"a": pred},
         lambda i, labels: map_iou(truth, labels),
@@ -80,4 +80,5 @@ def test_nothing_to_gain_keeps_the_start():
 
 def test_unknown_field():
     with pytest.raises(ValueError, match="unknown threshold field"):
-        tune_thresholds({}, lambda i, labels: 0.0, [1], {"nms": [0.5]}, Thresholds())
+        start = Thresholds(default=ClassThresholds(0.5, 0.5, 10, 0.0))
+        tune_thresholds({}, lambda i, labels: 0.0, [1], {"nms": [0.5]}, start)

@@ -98,6 +98,17 @@ def read_image(path: Path | str) -> np.ndarray:
     return image
 
 
+def read_image_checked(path: Path | str, shape: tuple[int, int]) -> np.ndarray:
+    """`read_image`, with a one-line error unless it has the (height, width) recorded for it."""
+    pixels = read_image(path)
+    if pixels.shape[:2] != tuple(shape):
+        raise CellpipeError(
+            f"{path} is {pixels.shape[0]}x{pixels.shape[1]} but was {shape[0]}x{shape[1]} "
+            "when converted (rerun `cellpipe convert`)"
+        )
+    return pixels
+
+
 def image_shape(path: Path | str) -> tuple[int, int]:
     """(height, width) of an image file, read from its header where the format allows."""
     path = Path(path)

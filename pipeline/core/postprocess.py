@@ -25,20 +25,20 @@ OverlapOrder = Literal["score", "area"]
 
 @dataclass(frozen=True)
 class ClassThresholds:
-    """Thresholds of one class."""
+    """Thresholds of one class (their defaults live in the config: `model.<family>.thresholds`)."""
 
-    score: float = 0.5  # keep detections scoring at least this
-    mask: float = 0.5  # mask probability at which a pixel belongs to the instance
-    min_area: int = 10  # pixels an instance must keep after overlap removal
-    min_keep: float = 0.0  # fraction of its own area an instance must keep
+    score: float  # keep instances scoring at least this
+    mask: float  # mask probability at which a pixel belongs to the instance
+    min_area: int  # pixels an instance must keep after overlap removal
+    min_keep: float  # fraction of its own area an instance must keep
 
 
 @dataclass(frozen=True)
 class Thresholds:
     """Thresholds per category id, a default for the rest, and how to apply them."""
 
+    default: ClassThresholds
     per_class: dict[int, ClassThresholds] = field(default_factory=dict)
-    default: ClassThresholds = ClassThresholds()
     class_mode: ClassMode = "image"
     order: OverlapOrder = "score"
 

@@ -1,6 +1,12 @@
-"""K-fold splits stratified by a class column and grouped by a sample column."""
+"""K-fold splits stratified by a class column and grouped by a sample column; folds.csv.
+
+folds.csv has one row per training image: `id` (the image file's stem), `fold`, the class and
+group columns and the instance count. It is written and read here only.
+"""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pandas as pd
 
@@ -44,3 +50,44 @@ def fold_table(folds: pd.DataFrame, stratify_by: str) -> pd.DataFrame:
     table = pd.concat({"images": images, "instances": instances}, axis=1)
     table.loc["total"] = table.sum()
     return table
+
+
+def write_folds(path: Path | str, table: pd.DataFrame) -> None:
+    """Write folds.csv (`id`, `fold`, then any other columns), atomically."""
+    from pipeline.core.fileio import atomic_path
+
+    with atomic_path(path) as tmp:
+        table.to_csv(tmp, index=False)
+
+
+def read_folds(path: Path | str) -> dict[str, int]:
+    """Image id (file stem) -> fold, from folds.csv; one-line errors for a bad file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CellpipeError(f"missing {path} (run `cellpipe folds` first)")
+    table = pd.read_csv(path, dtype={"id": str})
+    if not {"id", "fold"} <= set(table.columns):
+        raise CellpipeError(f"{path}: expected columns id and fold")
+    return dict(zip(table["id"], table["fold"].astype(int)))
+
+
+def images_in_folds(path: Path | str, folds: list[int]) -> set[str]:
+    """Ids of the images in the given folds of folds.csv."""
+    fold_of = read_folds(path)
+    ids = {image_id for image_id, fold in fold_of.items() if fold in folds}
+    if not ids:
+        known = sorted(set(fold_of.values()))
+        raise CellpipeError(f"no image in folds {folds} ({path} has folds {known})")
+    return ids
+
+
+def coco_ids_by_fold(coco: dict, path: Path | str) -> dict[int, list[int]]:
+    """COCO image ids of every fold of folds.csv (an image's id in folds.csv is its file stem)."""
+    fold_of = read_folds(path)
+    out: dict[int, list[int]] = {k: [] for k in sorted(set(fold_of.values()))}
+    for image in coco["images"]:
+        stem = Path(image["file_name"]).stem
+        if stem not in fold_of:
+            raise CellpipeError(f"{path} has no fold for image {stem} (rerun `cellpipe folds`)")
+        out[fold_of[stem]].append(int(image["id"]))
+    return out

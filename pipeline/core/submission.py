@@ -86,3 +86,28 @@ def validate_submission(
                 "(an empty `predicted` for no instances)"
             )
     return instances
+
+
+def image_shapes(folder: Path) -> dict[str, tuple[int, int]]:
+    """(height, width) of every image in a folder, by file stem."""
+    from pipeline.core.coco import IMAGE_SUFFIXES
+    from pipeline.core.fileio import image_shape
+
+    if not folder.is_dir():
+        raise CellpipeError(f"missing folder: {folder}")
+    shapes = {
+        p.stem: image_shape(p)
+        for p in sorted(folder.iterdir())
+        if p.suffix.lower() in IMAGE_SUFFIXES
+    }
+    if not shapes:
+        raise CellpipeError(f"no images in {folder}")
+    return shapes
+
+
+def check_submission(path: Path, shapes: Mapping[str, tuple[int, int]]) -> dict[str, list[str]]:
+    """Validate a submission file against the images it predicts; each image's instances."""
+    try:
+        return validate_submission(read_submission(path), shapes)
+    except CellpipeError as e:
+        raise CellpipeError(f"{path}: {e}") from None

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pipeline.config import Config
 from pipeline.core.errors import CellpipeError
-from pipeline.stage import run_stage
+from pipeline.runner import run_stage
 
 
 def write_synthetic(cfg: Config) -> None:
@@ -44,7 +44,7 @@ def download_competition(competition: str, data: Path) -> None:
 
     from tqdm import tqdm
 
-    from pipeline.kaggle_client import kaggle_api, kaggle_call
+    from pipeline.kaggle.client import kaggle_api, kaggle_call
 
     if data.exists() and any(data.iterdir()):
         raise CellpipeError(f"{data} is not empty but has no train.csv: not downloading into it")

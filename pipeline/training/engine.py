@@ -31,8 +31,8 @@ from tqdm import tqdm
 from pipeline.config import SolverConfig
 from pipeline.core.errors import CellpipeError
 from pipeline.core.fileio import atomic_path
-from pipeline.data import CocoInstances, TrainSampler, collate, worker_init
-from pipeline.modeling import read_checkpoint
+from pipeline.models.checkpoints import read_checkpoint
+from pipeline.training.data import CocoInstances, TrainSampler, collate, worker_init
 
 
 @dataclass(frozen=True)
@@ -163,6 +163,7 @@ def fit(
     meta (model_config, classes, params) goes into every checkpoint; a checkpoint.pth whose
     params differ from `meta["params"]` is not resumed: the run starts over.
     """
+    label = "/".join(run_dir.parts[-2:])  # family/fold, or pretrain/family
     files = {name: run_dir / f"{name}.pth" for name in ("checkpoint", "model_best", "model_final")}
     metrics_path = run_dir / "metrics.jsonl"
     model.to(ctx.device)
@@ -194,7 +195,7 @@ def fit(
         if saved is not None:
             message = f"{files['checkpoint']} has other settings: starting over; {message}"
     if ctx.main:
-        tqdm.write(f"{run_dir.name}: {message}")
+        tqdm.write(f"{label}: {message}")
         run_dir.mkdir(parents=True, exist_ok=True)
         _truncate_metrics(metrics_path, start)
 
@@ -212,7 +213,7 @@ def fit(
     def diverged(iteration: int, what: str, value: torch.Tensor) -> CellpipeError:
         last = files["checkpoint"] if files["checkpoint"].is_file() else "none yet"
         return CellpipeError(
-            f"{run_dir.name}: {what} is {value.item()} at iteration {iteration}: training "
+            f"{label}: {what} is {value.item()} at iteration {iteration}: training "
             f"diverged (lower solver.base_lr, raise solver.warmup_iters); the last good "
             f"checkpoint is {last}"
         )
@@ -242,9 +243,7 @@ def fit(
 
     # --- the loop
     model.train()
-    bar = tqdm(
-        total=solver.max_iter, initial=start, desc=run_dir.name, disable=not ctx.main, unit="it"
-    )
+    bar = tqdm(total=solver.max_iter, initial=start, desc=label, disable=not ctx.main, unit="it")
     window: dict[str, float] = {}
     skipped, n_window, tick = 0, 0, time.perf_counter()
     batches = iter(loader)
@@ -256,7 +255,7 @@ def fit(
                 images, targets, n_skipped = next(batches)
                 skipped += n_skipped
                 if skipped > len(dataset) and not images:
-                    raise CellpipeError(f"{run_dir.name}: no readable training image")
+                    raise CellpipeError(f"{label}: no readable training image")
             images = [im.to(ctx.device, non_blocking=True) for im in images]
             targets = [
                 {k: v.to(ctx.device, non_blocking=True) for k, v in t.items()} for t in targets
@@ -302,7 +301,7 @@ def fit(
                 scores = validate(model)
                 model.train()
                 _log(log, iteration=iteration, **{f"val_{k}": v for k, v in scores.items()})
-                tqdm.write(f"{run_dir.name} iteration {iteration}: {scores}")
+                tqdm.write(f"{label} iteration {iteration}: {scores}")
                 if scores["map_iou"] > best["score"]:
                     best = {"score": scores["map_iou"], "iteration": iteration}
                     save_checkpoint(files["model_best"], state(iteration, full=False))
@@ -321,7 +320,7 @@ def fit(
         if not files["model_best"].is_file():  # no validation: the final model is the best
             save_checkpoint(files["model_best"], final)
         if skipped:
-            tqdm.write(f"{run_dir.name}: skipped {skipped} unreadable images (see warnings)")
+            tqdm.write(f"{label}: skipped {skipped} unreadable images (see warnings)")
     if ctx.distributed:
         dist.barrier()
     return best

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from pipeline.config import Config
-from pipeline.stage import run_stage
+from pipeline.runner import run_stage
 
 
 def make_folds(cfg: Config) -> None:
@@ -14,8 +14,8 @@ def make_folds(cfg: Config) -> None:
 
     import pandas as pd
 
-    from pipeline.core.fileio import atomic_path, read_json
-    from pipeline.core.splits import assign_folds, fold_table
+    from pipeline.core.fileio import read_json
+    from pipeline.core.splits import assign_folds, fold_table, write_folds
 
     params, layout = cfg.folds, cfg.layout
     coco = read_json(layout.coco_train)
@@ -30,8 +30,7 @@ def make_folds(cfg: Config) -> None:
         images, params.n_folds, params.seed, params.stratify_by, params.group_by
     )
     table = images[["id", "fold", params.stratify_by, params.group_by, "instances"]]
-    with atomic_path(layout.folds_csv) as tmp:
-        table.to_csv(tmp, index=False)
+    write_folds(layout.folds_csv, table)
     print(fold_table(table, params.stratify_by).to_string())
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from pipeline.config import Config, ScoreConfig
 from pipeline.core.errors import CellpipeError
-from pipeline.stage import run_stage
+from pipeline.runner import run_stage
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,20 +38,6 @@ def parse_folds(text: str) -> list[int]:
         raise CellpipeError(f"--folds {text!r}: expected comma-separated integers") from None
 
 
-def fold_image_ids(folds_csv: Path, folds: list[int]) -> set[str]:
-    """Ids of the images in the given folds."""
-    import pandas as pd
-
-    table = pd.read_csv(folds_csv, dtype={"id": str})
-    if not {"id", "fold"} <= set(table.columns):
-        raise CellpipeError(f"{folds_csv}: expected columns id and fold")
-    ids = set(table.loc[table["fold"].isin(folds), "id"])
-    if not ids:
-        known = sorted(table["fold"].unique().tolist())
-        raise CellpipeError(f"no image in folds {folds} ({folds_csv} has folds {known})")
-    return ids
-
-
 def score_report(
     submission: Path, truth: Path, params: ScoreConfig, folds_csv: Path, order: str
 ) -> dict[str, Any]:
@@ -62,11 +48,12 @@ def score_report(
     from pipeline.core.fileio import file_digest
     from pipeline.core.glas import glas_rows, glas_summary
     from pipeline.core.metrics import MatchTable, match_image_rows, submission_images
+    from pipeline.core.splits import images_in_folds
     from pipeline.core.submission import read_submission
 
     frame = read_submission(submission)
     truth_frame = read_kaggle_csv(truth)
-    ids = fold_image_ids(folds_csv, params.folds) if params.folds else None
+    ids = images_in_folds(folds_csv, params.folds) if params.folds else None
     try:
         images, empty = submission_images(frame, truth_frame, ids)
         matches = {
@@ -161,7 +148,8 @@ def default_output(cfg: Config, submission: Path, folds: list[int]) -> Path:
 
 def main(cfg: Config, args: argparse.Namespace) -> None:
     from pipeline.core.fileio import read_json, write_json
-    from pipeline.leaderboard import make_entry, record
+    from pipeline.core.ledger import make_entry, record
+    from pipeline.core.provenance import config_hash
 
     params = cfg.score
     if args.folds is not None:
@@ -189,6 +177,6 @@ def main(cfg: Config, args: argparse.Namespace) -> None:
     print(format_report(report))
     print(f"wrote {output}")
     if ran and params.record:
-        entry = make_entry(report, cfg, args.note)
+        entry = make_entry(report, config_hash(cfg.model_dump(mode="json")), args.note)
         record(params.ledger, entry)
         print(f"recorded as {entry['key']} in {params.ledger} (cellpipe leaderboard)")

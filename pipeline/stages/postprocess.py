@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 
 from pipeline.config import Config
-from pipeline.stage import run_stage
 
 
 def postprocess(cfg: Config) -> None:
@@ -20,8 +19,9 @@ def postprocess(cfg: Config) -> None:
 
     layout = cfg.layout
     thresholds = load_thresholds(layout.thresholds)
+    (family,) = cfg.families
     for split in cfg.predict.splits:
-        preds = load_predictions(layout.predictions(split))
+        preds = load_predictions(layout.predictions(family, split))
         instances = {}
         for image_id, pred in tqdm(preds.items(), desc=f"postprocess {split}", unit="img"):
             labels, _ = postprocess_image(pred, thresholds)
@@ -35,12 +35,17 @@ def postprocess(cfg: Config) -> None:
 
 
 def main(cfg: Config, args: argparse.Namespace) -> None:
+    from pipeline.runner import run_stage
+
     layout = cfg.layout
     splits = cfg.predict.splits
     run_stage(
         "postprocess",
         cfg,
-        inputs=[layout.thresholds, *[layout.predictions(s) for s in splits]],
+        inputs=[
+            layout.thresholds,
+            *[layout.predictions(f, s) for f in cfg.families for s in splits],
+        ],
         outputs=[layout.postprocessed(s) for s in splits],
         params=cfg.predict,
         body=lambda: postprocess(cfg),

@@ -3,10 +3,11 @@
 Every image's annotations are checked once, packed into one byte buffer (as detectron2 does: no
 per-record Python objects for data-loader workers to copy-on-touch), and decoded only when the
 image is drawn: each mask straight into its own box (a numba COCO-RLE decoder), then scaled,
-cropped, flipped and rotated as a box-sized crop; full-size masks are built once, at the end, for
-torchvision. Boxes are recomputed from the transformed masks, so they always agree. Each sample
-is augmented from its own random stream, keyed by (seed, position in the sample stream): the same
-run on any number of workers, resumed or not, sees the same data.
+cropped, flipped and rotated as a box-sized crop; the model family turns these crops into its
+targets at the end (full-size masks for Mask R-CNN, flow fields for a flow U-Net). Boxes are
+recomputed from the transformed masks, so they always agree. Each sample is augmented from its own
+random stream, keyed by (seed, position in the sample stream): the same run on any number of
+workers, resumed or not, sees the same data.
 
 Degenerate input: empty annotations and images left without instances are dropped with a count
 (`CocoInstances.notes`); a missing image file is an error up front; an unreadable image file is
@@ -34,6 +35,7 @@ from torch.utils.data import Dataset, Sampler
 from pipeline.config import AugmentConfig
 from pipeline.core.errors import CellpipeError
 from pipeline.core.fileio import read_image
+from pipeline.models.base import Instances, TargetMaker, image_to_tensor
 
 
 @dataclass(frozen=True)
@@ -153,21 +155,6 @@ def pixel_boxes(boxes: np.ndarray, height: int, width: int) -> np.ndarray:
     np.clip(out[:, 0::2], 0, width, out=out[:, 0::2])
     np.clip(out[:, 1::2], 0, height, out=out[:, 1::2])
     return out
-
-
-def image_to_tensor(image: np.ndarray) -> torch.Tensor:
-    """An image as read (grey, RGB or RGBA; 8/16-bit or float) -> float (C, H, W) in [0, 1].
-
-    Grey stays one channel (the model's normalisation broadcasts it to three).
-    """
-    if image.ndim == 3:
-        image = image[..., :3] if image.shape[2] >= 3 else image[..., :1]
-    if np.issubdtype(image.dtype, np.integer):
-        scaled = image.astype(np.float32) / np.iinfo(image.dtype).max
-    else:
-        scaled = np.clip(image.astype(np.float32), 0, 1)
-    tensor = torch.from_numpy(np.ascontiguousarray(scaled))
-    return tensor[None] if tensor.ndim == 2 else tensor.permute(2, 0, 1).contiguous()
 
 
 def load_records(
@@ -313,19 +300,22 @@ def _apply_op(op: str, crop: np.ndarray, box: list[int], height: int, width: int
 
 
 class CocoInstances(Dataset):
-    """Training samples: (image (C, H, W) float, {boxes, labels, masks}) or None if unreadable.
+    """Training samples: (image (C, H, W) float, the family's targets) or None if unreadable.
 
     Indexed by (record index, seed entropy) pairs from `TrainSampler`; `augment=None` gives the
-    image at `scale` without randomness.
+    image at `scale` without randomness. The augmented instances (`Instances`, box crops) become
+    targets through the family's `make_targets`.
     """
 
     def __init__(
         self,
         records: Sequence[Record],
+        make_targets: TargetMaker,
         scale: float = 1.0,
         augment: AugmentConfig | None = None,
     ):
         self.records = PackedRecords(records)
+        self.make_targets = make_targets
         self.scale = scale
         self.augment = augment
 
@@ -362,15 +352,13 @@ class CocoInstances(Dataset):
         height, width = tensor.shape[1:]
         if self.augment is not None:
             tensor = self._photometric(tensor, rng)
-        masks = np.zeros((len(crops), height, width), np.uint8)  # calloc: untouched pages free
-        for k, (crop, (x0, y0, x1, y1)) in enumerate(zip(crops, boxes)):
-            masks[k, y0:y1, x0:x1] = crop
-        target = {
-            "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
-            "labels": torch.tensor(labels, dtype=torch.int64),
-            "masks": torch.from_numpy(masks),
-        }
-        return tensor.contiguous(), target
+        instances = Instances(
+            (int(height), int(width)),
+            np.array(boxes, np.int64).reshape(-1, 4),
+            np.array(labels, np.int64),
+            crops,
+        )
+        return tensor.contiguous(), self.make_targets(instances)
 
     def _instances(
         self, record: Record, g: Geometry, ops: list[str]

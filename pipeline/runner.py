@@ -11,18 +11,29 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
+import yaml
 from pydantic import BaseModel
 
-from pipeline.config import Config, dump_yaml
+from pipeline.config import Config
 from pipeline.core.errors import CellpipeError
 from pipeline.core.fileio import file_digest, write_json, write_text
+
+Params = BaseModel | Mapping[str, Any]
 
 
 def _digests(paths: Sequence[Path]) -> dict[str, str]:
     return {str(p): file_digest(p) for p in paths}
+
+
+def _plain(params: Params) -> Any:
+    """A config block (or a mapping of blocks and values) as plain JSON data."""
+    if isinstance(params, BaseModel):
+        return params.model_dump(mode="json")
+    return {k: _plain(v) if isinstance(v, BaseModel | Mapping) else v for k, v in params.items()}
 
 
 def run_stage(
@@ -31,16 +42,19 @@ def run_stage(
     *,
     inputs: Sequence[Path],
     outputs: Sequence[Path],
-    params: BaseModel,
+    params: Params,
     body: Callable[[], None],
     force: bool = False,
 ) -> bool:
-    """Run `body` unless the outputs are up to date; return whether it ran."""
+    """Run `body` unless the outputs are up to date; return whether it ran.
+
+    params: the config blocks the stage reads: `cfg.tune`, or `{"predict": ..., "model": ...}`.
+    """
     missing = [p for p in inputs if not p.exists()]
     if missing:
         raise CellpipeError(f"missing input {missing[0]} (run the stage that writes it first)")
     manifest_path = cfg.layout.manifests / f"{name}.json"
-    record = {"params": params.model_dump(mode="json"), "inputs": _digests(inputs)}
+    record = {"params": _plain(params), "inputs": _digests(inputs)}
     if not force and all(p.exists() for p in outputs) and manifest_path.is_file():
         previous = json.loads(manifest_path.read_text())
         if {k: previous.get(k) for k in record} == record and previous.get("outputs") == _digests(
@@ -55,5 +69,6 @@ def run_stage(
     if absent:
         raise CellpipeError(f"{name}: did not write {absent[0]}")
     write_json(manifest_path, {**record, "outputs": _digests(outputs)})
-    write_text(cfg.layout.manifests / f"{name}.config.yaml", dump_yaml(params))
+    text = yaml.safe_dump(record["params"], sort_keys=False)
+    write_text(cfg.layout.manifests / f"{name}.config.yaml", text)
     return True

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 
 from pipeline.config import Config
-from pipeline.stage import run_stage
 
 
 def submit(cfg: Config) -> None:
@@ -13,12 +12,11 @@ def submit(cfg: Config) -> None:
     import pandas as pd
 
     from pipeline.core.errors import CellpipeError
-    from pipeline.core.submission import write_submission
-    from pipeline.validate import check, test_shapes
+    from pipeline.core.submission import check_submission, image_shapes, write_submission
 
     layout = cfg.layout
-    shapes = test_shapes(layout.test_images)
-    instances = check(layout.postprocessed("test"), shapes)
+    shapes = image_shapes(layout.test_images)
+    instances = check_submission(layout.postprocessed("test"), shapes)
     if layout.sample_submission.is_file():  # rows in the sample's order, its ids all present
         sample_ids = pd.read_csv(layout.sample_submission, dtype=str)["id"].drop_duplicates()
         unknown = sorted(set(sample_ids) - set(shapes))
@@ -38,6 +36,8 @@ def submit(cfg: Config) -> None:
 
 
 def main(cfg: Config, args: argparse.Namespace) -> None:
+    from pipeline.runner import run_stage
+
     layout = cfg.layout
     run_stage(
         "submit",

@@ -1,4 +1,5 @@
-"""Model registry and builder, weight loading, box-cropped inference against torchvision."""
+"""The model interface: family registry, the Mask R-CNN family (builder, box-cropped inference
+against torchvision), checkpoints (weight loading, old checkpoints)."""
 
 from __future__ import annotations
 
@@ -8,18 +9,13 @@ import torch
 import torchvision
 from torchvision.models.detection.roi_heads import paste_masks_in_image
 
-from pipeline.config import ModelConfig
+from pipeline.config import MaskRCNNConfig, ModelConfig, load_config
 from pipeline.core.errors import CellpipeError
-from pipeline.modeling import (
-    BACKBONES,
-    build_model,
-    crop_mask_probs,
-    load_model,
-    load_weights,
-    predict_instances,
-)
+from pipeline.models import CellModel, build_model, families, family_class
+from pipeline.models.checkpoints import checkpoint_meta, load_model, load_weights
+from pipeline.models.maskrcnn import BACKBONES, crop_mask_probs, torchvision_maskrcnn
 
-TINY = ModelConfig(
+TINY = MaskRCNNConfig(
     backbone="resnet18_fpn",
     norm="gn",
     fpn_channels=32,
@@ -37,24 +33,44 @@ TINY = ModelConfig(
 )
 
 
+def models(block: MaskRCNNConfig = TINY, scale: float = 1.0) -> ModelConfig:
+    return ModelConfig(maskrcnn=block, scale=scale)
+
+
+def maskrcnn(block: MaskRCNNConfig = TINY, classes=("a", "b"), scale: float = 1.0) -> CellModel:
+    return build_model(models(block, scale), list(classes))
+
+
+def test_families_are_registered_with_their_config_blocks():
+    listed = families()
+    assert set(listed) == set(ModelConfig.families()) and "maskrcnn" in listed
+    assert all(issubclass(cls, CellModel) and cls.family == name for name, cls in listed.items())
+    with pytest.raises(CellpipeError, match="unknown model family 'yolo'; known: maskrcnn"):
+        family_class("yolo")
+    with pytest.raises(CellpipeError, match="config model: unknown family 'yolo'"):
+        load_config(overrides=["model.family=yolo"])
+    with pytest.raises(CellpipeError, match="model.backbone moved to model.maskrcnn.backbone"):
+        load_config(overrides=["model.backbone=resnet18_fpn"])
+    with pytest.raises(CellpipeError, match="below the maskrcnn score floor 0.05"):
+        load_config(overrides=["tune.score=[0.01,0.5]"])
+
+
 def test_registry_errors_name_the_known_entries():
     with pytest.raises(CellpipeError, match="unknown backbone 'vgg16'.*resnet18_fpn"):
-        build_model(TINY.model_copy(update={"backbone": "vgg16"}), 3)
-    with pytest.raises(CellpipeError, match="unknown model 'yolo'; known: maskrcnn"):
-        build_model(TINY.model_copy(update={"arch": "yolo"}), 3)
+        maskrcnn(TINY.model_copy(update={"backbone": "vgg16"}))
     with pytest.raises(ValueError, match="registered twice"):
         BACKBONES.register("resnet18_fpn")(lambda cfg: None)
     with pytest.raises(CellpipeError, match="5 levels"):
-        build_model(TINY.model_copy(update={"anchor_sizes": [[8], [16]]}), 3)
+        maskrcnn(TINY.model_copy(update={"anchor_sizes": [[8], [16]]}))
     with pytest.raises(CellpipeError, match="same number of sizes"):
-        build_model(TINY.model_copy(update={"anchor_sizes": [[8, 9], [16], [32], [64], [128]]}), 3)
+        maskrcnn(TINY.model_copy(update={"anchor_sizes": [[8, 9], [16], [32], [64], [128]]}))
     with pytest.raises(CellpipeError, match="at least one class"):
-        build_model(TINY, 1)
+        maskrcnn(classes=())
 
 
 def test_dense_cell_settings_and_native_resolution():
     cfg = TINY.model_copy(update={"anchor_sizes": [[4, 9, 17]], "trainable_layers": 2})
-    model = build_model(cfg, 4).eval()
+    model = maskrcnn(cfg, classes="abc").eval()
     assert model.roi_heads.detections_per_img == 1000
     assert model.rpn.anchor_generator.num_anchors_per_location() == [9] * 5
     assert model.roi_heads.box_predictor.cls_score.out_features == 4
@@ -88,21 +104,25 @@ def test_crop_mask_probs_equals_torchvision_paste():
     assert (boxes_out[:, 2:] >= boxes_out[:, :2]).all()
 
 
-def test_predict_instances_maps_back_to_input_pixels():
+def test_predict_maps_back_to_input_pixels():
     torch.manual_seed(0)
-    model = build_model(TINY, 3).eval()
+    model = maskrcnn().eval()
     image = torch.rand(1, 80, 100)
-    (native,) = predict_instances(model, [image])
+    (native,) = model.predict([image])
     assert native.shape == (80, 100) and len(native) > 0
     assert native.labels.min() >= 1 and native.labels.max() <= 2
     for box, mask in zip(native.boxes, native.masks):
         assert mask.shape == (box[3] - box[1], box[2] - box[0]) and mask.dtype == np.uint8
-    (half,) = predict_instances(model, [image], scale=0.5)
+    halved = maskrcnn(scale=0.5).eval()
+    halved.load_state_dict(model.state_dict())
+    (half,) = halved.predict([image])
     small = torch.nn.functional.interpolate(
         image[None], scale_factor=0.5, mode="bilinear", antialias=True
     )[0]
+    reference_model = torchvision_maskrcnn(TINY, 3).eval()  # the same keys: torchvision's
+    reference_model.load_state_dict(model.state_dict())
     with torch.no_grad():
-        (reference,) = model([small])  # torchvision's own path at the small size
+        (reference,) = reference_model([small])  # torchvision's own path at the small size
     keep = reference["scores"] > 0.0
     assert len(half) == int(keep.sum())
     top = np.argsort(-half.scores)[:10]
@@ -111,54 +131,68 @@ def test_predict_instances_maps_back_to_input_pixels():
     ).numpy()
     centres = (half.boxes[top, :2] + half.boxes[top, 2:]) / 2
     assert np.abs(centres - (expected[:, :2] + expected[:, 2:]) / 2).max() < 4  # mask padding
-    (few,) = predict_instances(model, [image], score_thresh=float(np.median(native.scores)))
-    assert 0 < len(few) < len(native)
-    assert model.roi_heads.score_thresh == 0.0  # restored
 
 
-def _save_checkpoint(path, model, cfg, classes):
-    state = {"model": model.state_dict(), "model_config": cfg.model_dump(mode="json")}
-    torch.save({**state, "classes": classes, "iteration": 7}, path)
+def _save_checkpoint(path, model, classes, meta=None):
+    meta = meta or checkpoint_meta(models(model.cfg), "maskrcnn", classes)
+    torch.save({"model": model.state_dict(), **meta, "iteration": 7}, path)
 
 
 def test_load_weights_from_a_cellpipe_checkpoint(tmp_path):
     torch.manual_seed(1)
-    source = build_model(TINY, 2)
-    _save_checkpoint(tmp_path / "one.pth", source, TINY, ["cell"])
-    target = build_model(TINY, 4)
-    message = load_weights(target, tmp_path / "one.pth", TINY, ["a", "b", "c"])
+    source = maskrcnn(classes=["cell"])
+    _save_checkpoint(tmp_path / "one.pth", source, ["cell"])
+    target = maskrcnn(classes="abc")
+    message = load_weights(target, tmp_path / "one.pth")
     assert "class heads new" in message and "iteration 7" in message
     for key, value in source.state_dict().items():
         if "box_predictor" in key or "mask_fcn_logits" in key:
             assert not torch.equal(value, target.state_dict()[key]) or value.numel() == 0
         else:
             assert torch.equal(value, target.state_dict()[key]), key
-    same = build_model(TINY, 2)
-    assert "class heads kept" in load_weights(same, tmp_path / "one.pth", TINY, ["cell"])
+    same = maskrcnn(classes=["cell"])
+    assert "class heads kept" in load_weights(same, tmp_path / "one.pth")
     assert all(torch.equal(v, same.state_dict()[k]) for k, v in source.state_dict().items())
-    model, classes = load_model(tmp_path / "one.pth")
-    assert classes == ["cell"] and not model.training
+    model = load_model(tmp_path / "one.pth")
+    assert model.classes == ["cell"] and not model.training and model.family == "maskrcnn"
     serving = TINY.model_copy(update={"detections_per_image": 50, "score_thresh": 0.3})
-    model, _ = load_model(tmp_path / "one.pth", expected=serving)  # inference settings apply
+    model = load_model(tmp_path / "one.pth", expected=models(serving))  # inference settings
     assert (model.roi_heads.detections_per_img, model.roi_heads.score_thresh) == (50, 0.3)
-    with pytest.raises(CellpipeError, match="backbone: 'resnet18_fpn' there, 'resnet34_fpn' here"):
+    with pytest.raises(
+        CellpipeError, match="maskrcnn.backbone: 'resnet18_fpn' there, 'resnet34_fpn' here"
+    ):
         load_model(
-            tmp_path / "one.pth", expected=TINY.model_copy(update={"backbone": "resnet34_fpn"})
+            tmp_path / "one.pth",
+            expected=models(TINY.model_copy(update={"backbone": "resnet34_fpn"})),
         )
-
-    other = TINY.model_copy(update={"fpn_channels": 48})
+    other = maskrcnn(TINY.model_copy(update={"fpn_channels": 48}), classes=["cell"])
     with pytest.raises(CellpipeError, match="fpn_channels: 32 there, 48 here"):
-        load_weights(build_model(other, 2), tmp_path / "one.pth", other, ["cell"])
+        load_weights(other, tmp_path / "one.pth")
+
+
+def test_checkpoints_written_before_families_still_load(tmp_path):
+    """A checkpoint of the flat Mask R-CNN config (arch, scale, every field at the top) loads as
+    family maskrcnn and predicts exactly what the model it holds predicts."""
+    torch.manual_seed(2)
+    source = maskrcnn(classes=["cell"]).eval()
+    flat = {k: v for k, v in TINY.model_dump(mode="json").items() if k != "thresholds"}
+    legacy = {"model_config": {"arch": "maskrcnn", "scale": 1.0, **flat}, "classes": ["cell"]}
+    _save_checkpoint(tmp_path / "old.pth", source, ["cell"], legacy)
+    loaded = load_model(tmp_path / "old.pth")
+    assert loaded.family == "maskrcnn" and loaded.cfg == TINY
+    image = torch.rand(1, 64, 72)
+    (expected,), (got,) = source.predict([image]), loaded.predict([image])
+    assert np.array_equal(expected.boxes, got.boxes) and np.array_equal(expected.scores, got.scores)
 
 
 def test_load_weights_from_torchvision_state_dicts(tmp_path):
-    r50 = ModelConfig(norm="frozen_bn", trainable_layers=3)
+    r50 = MaskRCNNConfig(norm="frozen_bn", trainable_layers=3)
     coco_like = torchvision.models.detection.maskrcnn_resnet50_fpn(
         weights=None, weights_backbone=None, num_classes=91
     )
     torch.save(coco_like.state_dict(), tmp_path / "coco.pth")
-    model = build_model(r50, 4)
-    message = load_weights(model, tmp_path / "coco.pth", r50, ["a", "b", "c"])
+    model = maskrcnn(r50, classes="abc")
+    message = load_weights(model, tmp_path / "coco.pth")
     loaded, total = (int(v) for v in message.split(": ")[1].split(" tensors")[0].split(" of "))
     assert total - loaded == 10  # box and mask class heads (4 + 2), RPN anchor-count layers (4)
     body = model.state_dict()["backbone.body.layer2.0.conv1.weight"]
@@ -166,15 +200,15 @@ def test_load_weights_from_torchvision_state_dicts(tmp_path):
 
     imagenet = torchvision.models.resnet18(weights=None)
     torch.save(imagenet.state_dict(), tmp_path / "resnet18.pth")
-    light = build_model(TINY.model_copy(update={"norm": "frozen_bn"}), 2)
-    load_weights(light, tmp_path / "resnet18.pth", TINY, ["cell"])
+    light = maskrcnn(TINY.model_copy(update={"norm": "frozen_bn"}), classes=["cell"])
+    load_weights(light, tmp_path / "resnet18.pth")
     assert torch.equal(light.backbone.body.conv1.weight, imagenet.conv1.weight)
 
     torch.save({"unrelated": torch.zeros(3)}, tmp_path / "other.pth")
     with pytest.raises(CellpipeError, match="no tensor in .* matches"):
-        load_weights(light, tmp_path / "other.pth", TINY, ["cell"])
+        load_weights(light, tmp_path / "other.pth")
     (tmp_path / "broken.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(CellpipeError, match="cannot read weights"):
-        load_weights(light, tmp_path / "broken.pth", TINY, ["cell"])
+        load_weights(light, tmp_path / "broken.pth")
     with pytest.raises(CellpipeError, match="missing weights file"):
-        load_weights(light, tmp_path / "absent.pth", TINY, ["cell"])
+        load_weights(light, tmp_path / "absent.pth")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pipeline.config import Config
 from pipeline.core.errors import CellpipeError
-from pipeline.stage import run_stage
+from pipeline.runner import run_stage
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

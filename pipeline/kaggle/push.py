@@ -1,4 +1,4 @@
-"""Command `push`: `cellpipe kernels`' folders to Kaggle, then the code submission.
+"""`cellpipe push`: `cellpipe kernels`' folders to Kaggle, then the code submission.
 
 With the real kaggle client, as the CLI would do it: `kaggle datasets create` (or `version` when the
 dataset exists) with sub-folders zipped, waiting until Kaggle has processed it; `kaggle kernels
@@ -11,21 +11,15 @@ Kaggle refuses, it stops with one line.
 
 from __future__ import annotations
 
-import argparse
 import time
 from collections.abc import Callable
 from typing import Any
 
 from pipeline.config import Config
 from pipeline.core.errors import CellpipeError
-from pipeline.kaggle_client import kaggle_api, kaggle_call
-from pipeline.kernels import (
-    kernel_folders,
-    kernel_metadata,
-    refuse_credentials,
-    slug,
-    write_metadata,
-)
+from pipeline.kaggle.client import kaggle_api, kaggle_call
+from pipeline.kaggle.credentials import refuse_credentials
+from pipeline.kaggle.metadata import kernel_folders, kernel_metadata, slug, write_metadata
 
 DATASET_READY, DATASET_FAILED = "ready", ("failed", "deleted")
 KERNEL_DONE, KERNEL_FAILED = "complete", ("error", "cancel_requested", "cancel_acknowledged")
@@ -156,7 +150,3 @@ def push(cfg: Config) -> None:
         f"push: submitted {kernel} version {version} to {cfg.prepare.competition}: "
         f"{response.message or 'ok'}"
     )
-
-
-def main(cfg: Config, args: argparse.Namespace) -> None:
-    push(cfg)

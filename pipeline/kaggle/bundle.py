@@ -1,0 +1,183 @@
+"""`cellpipe kernels`: everything a Kaggle code submission needs, under `work/kernels/`.
+
+- `bundle/`: the dataset the kernels read, internet off: cellpipe's wheel (built from this source
+  tree) and wheels of `kernels.wheels` (dependencies the Kaggle image lacks), the test models,
+  `thresholds.json`, the resolved config (`config.yaml`, and `train.yaml` for training), the
+  pretrained models training starts from, `kernels.extra_files`, `dataset-metadata.json`, and the
+  manifest `cellpipe-bundle.json` by which the kernels find the bundle and its files.
+- `inference/`: the code-submission notebook (GPU on, internet off, the competition and the
+  bundle as sources) and its `kernel-metadata.json`.
+- `train/`: the fine-tuning notebook, same sources; its output is the new checkpoints.
+
+Metadata is checked as the kaggle client checks it, and no credential (kaggle.json,
+access_token, .env, *.pem, a file setting KAGGLE_KEY) may enter them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from pipeline.config import Config, dump_yaml, load_config
+from pipeline.core.errors import CellpipeError
+from pipeline.core.fileio import file_digest, write_text
+from pipeline.kaggle.credentials import refuse_credentials
+from pipeline.kaggle.metadata import (
+    PLACEHOLDER_OWNER,
+    kaggle_username,
+    kernel_folders,
+    kernel_metadata,
+    slug,
+    write_metadata,
+)
+from pipeline.kaggle.notebooks import TEMPLATES, notebook
+from pipeline.kaggle.wheels import SOURCE_ROOT, build_cellpipe_wheel, download_wheels
+
+
+def bundle_name(path: Path) -> str:
+    """A checkpoint's bundle name: maskrcnn/fold0/model_best.pth -> maskrcnn-fold0-model_best.pth
+    (the last three parts of its path)."""
+    return "-".join(path.parts[-3:])
+
+
+def bundled_models(cfg: Config) -> list[Path]:
+    """The bundled test models: `kernels.checkpoints`, else the ones `predict` would use."""
+    return list(cfg.kernels.checkpoints or cfg.predict.checkpoints) or cfg.fold_models()
+
+
+def train_config(cfg: Config) -> Config:
+    """The training kernel's config: `kernels.train_config` (else this run's) + overrides."""
+    params = cfg.kernels
+    if params.train_config is not None:
+        return load_config(params.train_config, params.train_overrides)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "config.yaml"
+        path.write_text(dump_yaml(cfg))
+        return load_config(path, params.train_overrides)
+
+
+def pretrained_models(cfg: Config, train: Config) -> dict[str, Path]:
+    """The files the training kernel's finetune starts from, to be bundled: {"init": file} for
+    a `finetune.init` file, else each trained family's pretrained model (`include_pretrained`)."""
+    init = train.finetune.init
+    if init == "random" or (init == "pretrain" and not cfg.kernels.include_pretrained):
+        return {}
+    if init != "pretrain":
+        return {"init": Path(init)}
+    summary = cfg.layout.pretrain_summary  # an input of the stage: absent, it stops before
+    if not summary.is_file():
+        return {}
+    models = {f: Path(p) for f, p in json.loads(summary.read_text())["families"].items() if p}
+    for family in models:
+        if family in train.families and train.model.block(family) != cfg.model.block(family):
+            raise CellpipeError(
+                f"kernels.train_config has another {family} model than this run's pretrained "
+                "one: set kernels.include_pretrained=false (pretrain on Kaggle) or finetune.init"
+            )
+    return {f: p for f, p in models.items() if f in train.families}
+
+
+def inputs(cfg: Config) -> list[Path]:
+    """What `kernels` reads: models, thresholds, config, templates and cellpipe's source."""
+    layout, params = cfg.layout, cfg.kernels
+    files = [layout.thresholds, *bundled_models(cfg), *params.extra_files, *params.find_links]
+    train = train_config(cfg)
+    if train.finetune.init == "pretrain" and params.include_pretrained:
+        files.append(layout.pretrain_summary)
+    files += pretrained_models(cfg, train).values()
+    if params.train_config is not None:
+        files.append(params.train_config)
+    files += sorted(TEMPLATES.glob("*.py"))
+    files += [SOURCE_ROOT / "pyproject.toml", *sorted((SOURCE_ROOT / "pipeline").rglob("*.py"))]
+    return list(dict.fromkeys(files))
+
+
+def _place(source: Path, target: Path, link: bool = False) -> None:
+    """Copy `source` to `target`, or hard-link it (a checkpoint: stages replace, never edit)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        if link:
+            os.link(source, target)
+            return
+    except OSError:
+        pass
+    shutil.copy2(source, target)
+
+
+def build(cfg: Config) -> None:
+    """Write work/kernels/{bundle,inference,train}, whole or not at all."""
+    from pipeline.core.fileio import atomic_dir
+    from pipeline.core.provenance import git_commit
+
+    layout, params = cfg.layout, cfg.kernels
+    owner = params.owner or kaggle_username()
+    models = bundled_models(cfg)
+    names = [bundle_name(p) for p in models]
+    if not models:
+        raise CellpipeError("no test models to bundle (kernels.checkpoints, predict.checkpoints)")
+    if len(set(names)) != len(names):
+        raise CellpipeError(f"two bundled models share a name: {names} (rename their folders)")
+    with atomic_dir(layout.kernels_dir) as out:
+        bundle = out / layout.kernels_bundle.name
+        folders = {k: out / p.name for k, p in kernel_folders(cfg).items()}
+        train = train_config(cfg)
+        write_text(bundle / "config.yaml", dump_yaml(cfg))
+        write_text(bundle / "train.yaml", dump_yaml(train))
+        checkpoints = [f"checkpoints/{n}" for n in names]
+        for path, name in zip(models, checkpoints):
+            _place(path, bundle / name, link=True)
+        pretrained = {}
+        for key, path in pretrained_models(cfg, train).items():
+            pretrained[key] = f"pretrained/{key}-{path.name}"
+            _place(path, bundle / pretrained[key], link=True)
+        _place(layout.thresholds, bundle / "thresholds.json")
+        for path in params.extra_files:
+            _place(path, bundle / "files" / path.name)
+        wheels = bundle / "wheels"
+        build_cellpipe_wheel(wheels)
+        download_wheels(cfg, wheels)
+        manifest = {
+            "slug": slug(params.dataset_title),
+            "competition": cfg.prepare.competition,
+            "version": _version(),
+            "commit": git_commit(),
+            "config": "config.yaml",
+            "train_config": "train.yaml",
+            "thresholds": "thresholds.json",
+            "checkpoints": checkpoints,
+            "pretrained": pretrained,  # family -> model, or "init" -> finetune.init's file
+            "wheels": sorted(f"wheels/{p.name}" for p in wheels.glob("*.whl")),
+            "files": [f"files/{p.name}" for p in params.extra_files],
+            "sources": {n: str(p) for n, p in zip(checkpoints, models)},
+            "sha256": {n: file_digest(bundle / n) for n in checkpoints},
+        }
+        write_text(bundle / layout.kernels_manifest.name, json.dumps(manifest, indent=2) + "\n")
+        parameters = {"BUNDLE": manifest["slug"], "COMPETITION": cfg.prepare.competition}
+        for kind, folder in folders.items():
+            code_file = kernel_metadata(cfg, PLACEHOLDER_OWNER, kind)["code_file"]
+            write_text(folder / code_file, notebook(kind, parameters))
+        write_metadata(cfg, owner or PLACEHOLDER_OWNER, bundle, folders)
+        refuse_credentials(out)
+    size = sum(p.stat().st_size for p in layout.kernels_bundle.rglob("*") if p.is_file())
+    print(
+        f"kernels: bundle {layout.kernels_bundle} ({len(models)} models, "
+        f"{len(manifest['wheels'])} wheels, {size / 2**20:.1f} MiB); notebooks "
+        + ", ".join(str(p) for p in kernel_folders(cfg).values())
+    )
+    if owner is None:
+        print(
+            f"kernels: no Kaggle username (kernels.owner or the Kaggle config): ids say "
+            f"{PLACEHOLDER_OWNER!r} until `cellpipe push` fills in the account's"
+        )
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("cellpipe")
+    except PackageNotFoundError:
+        return "unknown"

@@ -1,0 +1,123 @@
+"""The model interface every family implements, and the registry of families.
+
+See the package docstring (`pipeline/models/__init__.py`) for what each method must do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from pipeline.core.errors import CellpipeError
+from pipeline.core.predictions import ImagePredictions
+
+
+@dataclass
+class Instances:
+    """An augmented training sample's instances, each mask cropped to its own box."""
+
+    shape: tuple[int, int]  # (height, width) of the sample image
+    boxes: np.ndarray  # (n, 4) int64 x0, y0, x1, y1 (end exclusive)
+    labels: np.ndarray  # (n,) int64 model labels 1..C
+    crops: list[np.ndarray]  # n bool masks, crops[i].shape == (y1 - y0, x1 - x0)
+
+    def label_image(self) -> np.ndarray:
+        """int32 label image (instance i + 1); where instances overlap, the later one wins."""
+        labels = np.zeros(self.shape, np.int32)
+        for k, (crop, (x0, y0, x1, y1)) in enumerate(zip(self.crops, self.boxes)):
+            labels[y0:y1, x0:x1][crop] = k + 1
+        return labels
+
+
+def image_to_tensor(image: np.ndarray) -> torch.Tensor:
+    """An image as read (grey, RGB or RGBA; 8/16-bit or float) -> float (C, H, W) in [0, 1].
+
+    Grey stays one channel (the models' normalisation broadcasts it as they need).
+    """
+    if image.ndim == 3:
+        image = image[..., :3] if image.shape[2] >= 3 else image[..., :1]
+    if np.issubdtype(image.dtype, np.integer):
+        scaled = image.astype(np.float32) / np.iinfo(image.dtype).max
+    else:
+        scaled = np.clip(image.astype(np.float32), 0, 1)
+    tensor = torch.from_numpy(np.ascontiguousarray(scaled))
+    return tensor[None] if tensor.ndim == 2 else tensor.permute(2, 0, 1).contiguous()
+
+
+TargetMaker = Callable[[Instances], dict[str, torch.Tensor]]
+
+
+class CellModel(nn.Module):
+    """A model family, built from its config block and class names (label k: classes[k - 1])."""
+
+    family: ClassVar[str] = ""  # registry name = module name = config block `model.<family>`
+    trainable: ClassVar[bool] = True  # False: no weights (a classical method); nothing to train
+    class_heads: ClassVar[tuple[str, ...]] = ()  # state-dict prefixes shaped by the classes
+
+    def __init__(self, cfg: Any, classes: Sequence[str], scale: float = 1.0):
+        super().__init__()
+        if not classes:
+            raise CellpipeError("a model needs at least one class")
+        self.cfg = cfg
+        self.classes = list(classes)
+        self.scale = scale  # images are resized by this before the network sees them
+
+    @staticmethod
+    def target_maker(cfg: Any) -> TargetMaker:
+        """A picklable function from a training sample's `Instances` to this family's targets."""
+        raise NotImplementedError
+
+    def forward(
+        self, images: list[torch.Tensor], targets: list[dict[str, torch.Tensor]]
+    ) -> dict[str, torch.Tensor]:
+        """Train mode: the named losses of a batch (their sum is minimised)."""
+        raise NotImplementedError
+
+    def predict(self, images: Sequence[torch.Tensor]) -> list[ImagePredictions]:
+        """Eval mode: box-cropped instances of images (C, H, W) in [0, 1], in their own pixels,
+        labels 1..C (model classes), scores in [0, 1] (higher: more certain)."""
+        raise NotImplementedError
+
+    def import_state(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """A foreign state dict (another framework's names) renamed to this model's keys."""
+        return state
+
+
+FAMILIES: dict[str, type[CellModel]] = {}
+
+
+def register(cls: type[CellModel]) -> type[CellModel]:
+    """Class decorator adding a family to the registry under `cls.family`."""
+    if not cls.family:
+        raise ValueError(f"{cls.__name__} has no family name")
+    if cls.family in FAMILIES:
+        raise ValueError(f"family {cls.family!r} is registered twice")
+    FAMILIES[cls.family] = cls
+    return cls
+
+
+class Registry(dict):
+    """Name -> builder inside a family (backbones...); unknown names fail with the known ones."""
+
+    def __init__(self, kind: str):
+        super().__init__()
+        self.kind = kind
+
+    def register(self, name: str) -> Callable[[Callable], Callable]:
+        def add(builder: Callable) -> Callable:
+            if name in self:
+                raise ValueError(f"{self.kind} {name!r} is registered twice")
+            self[name] = builder
+            return builder
+
+        return add
+
+    def get(self, name: str) -> Callable:  # type: ignore[override]
+        if name not in self:
+            raise CellpipeError(f"unknown {self.kind} {name!r}; known: {', '.join(sorted(self))}")
+        return self[name]

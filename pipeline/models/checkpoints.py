@@ -1,0 +1,130 @@
+"""Checkpoints of every family: reading, what they record, initial weights, trained models.
+
+A cellpipe checkpoint is a dict with `model` (the state dict), `family`, `model_config` (the
+family's config block), `classes`, and what training adds (iteration, best score, optimizer...).
+Checkpoints written before families existed (a flat Mask R-CNN `model_config`) read as family
+`maskrcnn`. Files are loaded with `weights_only=True`: tensors and plain data, never code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pipeline.config import MaskRCNNConfig, ModelConfig
+from pipeline.core.errors import CellpipeError
+from pipeline.models import CellModel, build_model
+
+
+def read_checkpoint(path: Path | str) -> dict[str, Any]:
+    """A .pth file as a dict, with a one-line error for a missing or unreadable file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CellpipeError(f"missing weights file: {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CellpipeError(f"cannot read weights {path}: {str(e).splitlines()[0]}") from None
+    if not isinstance(obj, dict):
+        raise CellpipeError(f"{path}: expected a state dict or a cellpipe checkpoint")
+    return obj
+
+
+def is_cellpipe(obj: dict[str, Any]) -> bool:
+    return "model" in obj and "model_config" in obj
+
+
+def family_of(obj: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """A cellpipe checkpoint's family and config block (older flat ones are Mask R-CNN)."""
+    if "family" in obj:
+        return obj["family"], dict(obj["model_config"])
+    fields = MaskRCNNConfig.model_fields
+    return "maskrcnn", {k: v for k, v in obj["model_config"].items() if k in fields}
+
+
+def checkpoint_meta(cfg: ModelConfig, family: str, classes: Sequence[str]) -> dict[str, Any]:
+    """What every checkpoint of `family` records besides its weights."""
+    return {
+        "family": family,
+        "model_config": cfg.block(family).model_dump(mode="json"),
+        "classes": list(classes),
+    }
+
+
+def _is_class_head(model: CellModel, key: str) -> bool:
+    return key.startswith(model.class_heads)
+
+
+def _check_architecture(
+    model: CellModel, obj: dict[str, Any], path: Path | str, family: str, saved: dict[str, Any]
+) -> None:
+    """One-line error unless the checkpoint's layers (class heads aside) fit `model`."""
+    if family != model.family:
+        raise CellpipeError(f"{path} holds a {family} model, not {model.family}")
+    own, state = model.state_dict(), obj["model"]
+    body = {k for k in own if not _is_class_head(model, k)}
+    if body == {k for k in state if not _is_class_head(model, k)} and all(
+        state[k].shape == own[k].shape for k in body
+    ):
+        return
+    now = model.cfg.model_dump(mode="json")
+    diffs = [
+        f"model.{family}.{k}: {saved.get(k)!r} there, {v!r} here"
+        for k, v in now.items()
+        if saved.get(k) != v and k != "thresholds"
+    ]
+    raise CellpipeError(f"{path} holds another model ({'; '.join(diffs) or 'other layers'})")
+
+
+def load_weights(model: CellModel, path: Path | str) -> str:
+    """Initialise `model` from a cellpipe checkpoint or a foreign state dict; return a summary.
+
+    A cellpipe checkpoint must hold the same family and architecture (else a one-line error
+    naming the differing config keys); its class heads are kept when its classes are the same.
+    A foreign state dict (torchvision Mask R-CNN, ImageNet ResNet) goes through the family's
+    `import_state` and loads every tensor whose name and shape match.
+    """
+    obj = read_checkpoint(path)
+    own = model.state_dict()
+    if is_cellpipe(obj):
+        family, saved = family_of(obj)
+        _check_architecture(model, obj, path, family, saved)
+        same_classes = list(obj.get("classes", [])) == model.classes
+        state = obj["model"]
+        if not same_classes:
+            state = {k: v for k, v in state.items() if not _is_class_head(model, k)}
+        model.load_state_dict(state, strict=False)
+        heads = "kept" if same_classes else f"new (classes {obj.get('classes')} -> {model.classes})"
+        return f"weights from {path} (iteration {obj.get('iteration', '?')}), class heads {heads}"
+    state = model.import_state(obj.get("state_dict", obj))
+    for key in [k for k, v in state.items() if k in own and v.shape != own[k].shape]:
+        del state[key]  # in place: the file's version metadata lets torchvision rename old keys
+    missing = model.load_state_dict(state, strict=False).missing_keys
+    if len(missing) == len(own):
+        raise CellpipeError(f"no tensor in {path} matches the {model.family} model")
+    return f"weights from {path}: {len(own) - len(missing)} of {len(own)} tensors"
+
+
+def load_model(
+    path: Path | str, device: str | torch.device = "cpu", expected: ModelConfig | None = None
+) -> CellModel:
+    """A trained model in eval mode (its family and classes from the checkpoint).
+
+    expected: take the family's block from this config, so its inference settings (detections
+    per image, thresholds, RPN top-k) apply, after checking that the checkpoint holds the same
+    architecture (else a one-line error); None: the checkpoint's own block.
+    """
+    obj = read_checkpoint(path)
+    if not is_cellpipe(obj):
+        raise CellpipeError(f"{path} is not a cellpipe checkpoint (no model_config)")
+    family, saved = family_of(obj)
+    cfg = expected or ModelConfig()
+    if expected is None:
+        cfg = cfg.model_copy(update={family: cfg.block(family).model_validate(saved)})
+    model = build_model(cfg, list(obj["classes"]), family)
+    _check_architecture(model, obj, path, family, saved)
+    model.load_state_dict(obj["model"])
+    return model.to(device).eval()
