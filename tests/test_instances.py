@@ -5,7 +5,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.core.instances import order_by_area, order_by_score, paint_instances
+from pipeline.core.instances import (
+    instance_boxes,
+    instance_boxes_and_crops,
+    order_by_area,
+    order_by_score,
+    paint_instances,
+)
 from pipeline.core.predictions import ImagePredictions, load_predictions, quantise, save_predictions
 
 
@@ -127,3 +133,28 @@ def test_predictions_errors(tmp_path):
     with pytest.raises(CellpipeError, match="not a cellpipe predictions file"):
         load_predictions(tmp_path / "junk.npz")
     assert quantise(np.array([0.0, 0.5, 1.2])).tolist() == [0, 128, 255]
+
+
+def test_boxes_and_crops_paint_back_to_the_labels():
+    labels = np.random.default_rng(0).integers(0, 6, (30, 40)) * 5  # scattered, ids 5..25
+    ids, boxes, crops = instance_boxes_and_crops(labels)
+    np.testing.assert_array_equal(ids, [5, 10, 15, 20, 25])
+    for k, (x0, y0, x1, y1) in zip(ids, boxes):
+        ys, xs = np.nonzero(labels == k)
+        assert (x0, y0, x1, y1) == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+    painted, _ = paint_instances(labels.shape, boxes, crops)
+    np.testing.assert_array_equal(np.where(painted > 0, ids[painted - 1], 0), labels)
+
+
+def test_boxes_of_huge_ids_and_empty_images():
+    labels = np.zeros((4, 5), np.int64)
+    labels[1, 2] = 2**40
+    labels[3, :2] = 9
+    ids, boxes = instance_boxes(labels)
+    np.testing.assert_array_equal(ids, [9, 2**40])
+    np.testing.assert_array_equal(boxes, [[0, 3, 2, 4], [2, 1, 3, 2]])
+    for empty in (np.zeros((3, 3), np.int32), np.zeros((0, 0), np.int32)):
+        ids, boxes, crops = instance_boxes_and_crops(empty)
+        assert ids.shape == (0,) and boxes.shape == (0, 4) and crops == []
+    with pytest.raises(ValueError, match=">= 0"):
+        instance_boxes(-labels)

@@ -3,7 +3,8 @@
 Instances are visited in a given order (best score first, or largest first); each keeps only the
 pixels no earlier instance took (`mask & ~used`), and is dropped when what remains is below a
 minimum area or below a fraction of its own area. Masks stay cropped to their boxes throughout:
-one image with 1000 instances never needs a (1000, H, W) stack.
+one image with 1000 instances never needs a (1000, H, W) stack. `instance_boxes_and_crops` goes
+the other way, from a label image to the boxes and crops that `paint_instances` takes.
 """
 
 from __future__ import annotations
@@ -12,6 +13,10 @@ from collections.abc import Sequence
 
 import numba
 import numpy as np
+from scipy import ndimage
+
+from pipeline.core.metrics import compact_labels
+from pipeline.core.rle import as_label_image
 
 
 @numba.njit(cache=True, nogil=True)
@@ -88,3 +93,28 @@ def order_by_score(scores: np.ndarray) -> np.ndarray:
 def order_by_area(masks: Sequence[np.ndarray]) -> np.ndarray:
     """Indices by descending mask area, ties by index (the seeds kept the biggest)."""
     return np.argsort(-np.array([int(np.count_nonzero(m)) for m in masks]), kind="stable")
+
+
+def instance_boxes(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Ids (ascending) of the labels > 0 present and their (n, 4) int32 boxes x0, y0, x1, y1."""
+    labels = as_label_image(labels)
+    if labels.size and labels.min() < 0:
+        raise ValueError("labels must be >= 0")
+    ids = None
+    if labels.size and labels.max() > labels.size:  # ids far apart: find boxes on 1..n
+        ids = np.unique(labels)
+        ids = ids[ids > 0]
+        labels = compact_labels(labels)
+    slices = ndimage.find_objects(labels.astype(np.intp, copy=False)) if labels.size else []
+    present = [k for k, s in enumerate(slices, start=1) if s is not None]
+    boxes = [(s[1].start, s[0].start, s[1].stop, s[0].stop) for s in slices if s is not None]
+    ids = np.array(present, np.int64) if ids is None else ids.astype(np.int64)
+    return ids, np.array(boxes, np.int32).reshape(-1, 4)
+
+
+def instance_boxes_and_crops(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """Ids, boxes (as `instance_boxes`) and each instance's bool mask cropped to its box."""
+    labels = np.asarray(labels)
+    ids, boxes = instance_boxes(labels)
+    crops = [labels[y0:y1, x0:x1] == k for k, (x0, y0, x1, y1) in zip(ids, boxes)]
+    return ids, boxes, crops
