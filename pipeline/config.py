@@ -77,11 +77,27 @@ class ThresholdsConfig(Section):
     mask: float = 0.5  # mask probability at which a pixel belongs to the instance
     min_area: int = 10  # pixels an instance must keep after overlap removal
     min_keep: float = 0.0  # fraction of its own area an instance must keep
+    max_error: float | None = None  # the family's per-instance error must be at most this; None:
+    # no limit (families without an error measure report 0)
 
     def to_core(self):
         from pipeline.core.postprocess import ClassThresholds
 
         return ClassThresholds(**self.model_dump())
+
+
+class GridConfig(Section):
+    """Values `tune` tries for each threshold of `ThresholdsConfig` (an empty list: not tuned)."""
+
+    score: list[float] = [0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7]
+    mask: list[float] = [0.3, 0.4, 0.5, 0.6]
+    min_area: list[int] = [0, 10, 25, 50, 75, 100, 150]
+    min_keep: list[float] = [0.0, 0.3, 0.5, 0.7]
+    max_error: list[float | None] = []
+
+    def values(self) -> dict[str, list]:
+        """Threshold name -> values, the tuned ones only."""
+        return {name: values for name, values in self.model_dump().items() if values}
 
 
 class MaskRCNNConfig(Section):
@@ -113,6 +129,7 @@ class MaskRCNNConfig(Section):
     pixel_mean: list[float] = [0.485, 0.456, 0.406]  # of images in [0, 1]; grey uses all three
     pixel_std: list[float] = [0.229, 0.224, 0.225]
     thresholds: ThresholdsConfig = ThresholdsConfig()  # validation / tune start / fallback
+    grid: GridConfig = GridConfig()  # what tune searches, per class
 
     @property
     def score_floor(self) -> float:
@@ -245,7 +262,10 @@ class PredictConfig(Section):
 
     splits: list[Literal["oof", "test"]] = ["oof", "test"]
     models: list[str] = []  # families whose predictions are combined; empty: [model.family]
-    tta: list[Literal["none", "hflip", "vflip", "hvflip"]] = ["none", "hflip"]
+    tta: list[
+        Literal["none", "hflip", "vflip", "hvflip", "transpose", "rot90", "rot270", "antitranspose"]
+    ] = ["none", "hflip"]  # views of each image (pipeline.core.ensemble.VIEWS)
+    scales: list[float] = [1.0]  # multi-scale TTA: each multiplies model.scale for one pass
     checkpoints: list[Path] = []  # test models (any family); empty: every fold's best model
     merge_iou: float = 0.55  # box IoU above which detections of two views are one instance
     min_votes: int = 1  # views (x models) that must see an instance for it to be kept
@@ -253,25 +273,37 @@ class PredictConfig(Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda when available
 
 
+class EnsembleConfig(Section):
+    """The families of `predict.models` merged into one prediction per image (mask voting)."""
+
+    weights: list[float] = [0.0, 0.5, 1.0]  # each family's weight is searched over these
+    thresholds: ThresholdsConfig = ThresholdsConfig(score=0.3)  # of the merged predictions
+    grid: GridConfig = GridConfig(score=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6])
+
+
 class TuneConfig(Section):
     """Per-class threshold search on the out-of-fold predictions.
 
-    It starts from each family's own defaults (`model.<family>.thresholds`).
+    Each family starts from its own defaults (`model.<family>.thresholds`) and searches its own
+    grid (`model.<family>.grid`); several families are then merged with weights searched on the
+    same predictions (`tune.ensemble`).
     """
 
     class_mode: Literal["image", "instance"] = "image"  # image: the mode of predicted classes
     order: Literal["score", "area"] = "score"  # overlap removal: best score or biggest first
-    score: list[float] = [0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7]
-    mask: list[float] = [0.3, 0.4, 0.5, 0.6]
-    min_area: list[int] = [0, 10, 25, 50, 75, 100, 150]
-    min_keep: list[float] = [0.0, 0.3, 0.5, 0.7]
     rounds: int = 2  # passes over every (class, threshold)
+    min_class_images: int = 4  # classes with fewer out-of-fold images share one set of thresholds
+    ensemble: EnsembleConfig = EnsembleConfig()
 
     @model_validator(mode="before")
     @classmethod
     def _moved_keys(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "start" in data:
-            raise ValueError("tune.start moved to model.<family>.thresholds")
+        if isinstance(data, dict):
+            if "start" in data:
+                raise ValueError("tune.start moved to model.<family>.thresholds")
+            for key in ("score", "mask", "min_area", "min_keep"):
+                if key in data:
+                    raise ValueError(f"tune.{key} moved to model.<family>.grid.{key}")
         return data
 
 
@@ -380,10 +412,10 @@ class Config(Section):
             floor = getattr(block, "score_floor", None)
             if floor is None:
                 continue
-            lowest = min(self.tune.score, default=floor)
+            lowest = min(block.grid.score, default=floor)
             if lowest < floor:
                 raise ValueError(
-                    f"tune.score has {lowest:g}, below the {family} score floor {floor:g} "
+                    f"model.{family}.grid.score has {lowest:g}, below the score floor {floor:g} "
                     f"(model.{family}.score_thresh): instances under it are never produced"
                 )
             if block.thresholds.score < floor:

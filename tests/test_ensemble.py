@@ -1,11 +1,20 @@
-"""TTA flips and view merging on box-cropped predictions."""
+"""TTA views and merging (views, families) on box-cropped predictions."""
 
 import numpy as np
 import pytest
+import torch
 
-from pipeline.core.ensemble import box_iou, flip_predictions, merge_predictions
-from pipeline.core.instances import paint_instances
+from pipeline.core.ensemble import (
+    VIEWS,
+    box_iou,
+    flip_predictions,
+    merge_families,
+    merge_predictions,
+    unview_predictions,
+)
+from pipeline.core.instances import instance_boxes_and_crops, paint_instances
 from pipeline.core.predictions import ImagePredictions
+from pipeline.models.inference import view_tensor
 
 
 def preds(shape, boxes, scores, labels=None, value=255):
@@ -83,3 +92,48 @@ def test_merge_edge_cases():
     assert len(merge_predictions([empty, empty])) == 0
     with pytest.raises(ValueError, match="nothing to merge"):
         merge_predictions([])
+
+
+@pytest.mark.parametrize("view", sorted(VIEWS))
+def test_every_view_is_undone_exactly(view):
+    """Instances found on a view of an image (transposed, flipped, rotated) map back onto the
+    instances of the image itself, pixel for pixel."""
+    rng = np.random.default_rng(1)
+    labels = np.zeros((13, 21), np.int32)
+    labels[1:5, 2:9] = 1
+    labels[6:12, 14:20] = 2
+    labels[8:10, 1:4] = 3
+    labels[rng.random(labels.shape) < 0.05] = 0  # ragged masks
+    viewed = view_tensor(torch.from_numpy(labels), view).numpy()
+    ids, boxes, crops = instance_boxes_and_crops(viewed)
+    pred = ImagePredictions(
+        viewed.shape,
+        boxes.astype(np.int32),
+        ids.astype(np.float32),  # the score carries the instance id through
+        np.ones(len(ids), np.int32),
+        [c.astype(np.uint8) * 255 for c in crops],
+        ids.astype(np.float32) / 10,
+    )
+    back = unview_predictions(pred, view)
+    assert back.shape == labels.shape
+    painted = np.zeros_like(labels)
+    for (x0, y0, x1, y1), crop, k in zip(back.boxes, back.masks, back.scores):
+        painted[y0:y1, x0:x1][crop > 0] = int(k)
+    np.testing.assert_array_equal(painted, labels)
+    np.testing.assert_allclose(back.errors, back.scores / 10)
+
+
+def test_weighted_merge_of_two_families():
+    a = preds((20, 20), [[0, 0, 4, 4], [10, 10, 14, 14]], [0.8, 0.6])
+    b = preds((20, 20), [[0, 0, 4, 4]], [0.2], value=0)
+    b.errors = np.array([0.5], np.float32)
+    merged = merge_predictions([a, b], iou_threshold=0.5, weights=[3.0, 1.0])
+    assert merged.scores.tolist() == pytest.approx([(3 * 0.8 + 0.2) / 4, 3 * 0.6 / 4])
+    assert merged.masks[0].max() == round(255 * 3 / 4)
+    assert merged.errors.tolist() == pytest.approx([0.5 / 4, 0.0])  # weighted over members
+    only_a = merge_predictions([a, b], weights=[1.0, 0.0])
+    assert only_a is a
+    with pytest.raises(ValueError, match="not all 0"):
+        merge_predictions([a, b], weights=[0.0, 0.0])
+    by_family = merge_families({"x": {"i": a}, "y": {"i": b}}, {"x": 3.0, "y": 1.0}, 0.5)
+    assert by_family["i"].scores.tolist() == pytest.approx(merged.scores.tolist())

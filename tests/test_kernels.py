@@ -60,10 +60,10 @@ TRAIN = [
     "finetune.solver.num_workers=0",
     "finetune.solver.device=cpu",
     "tune.rounds=1",
-    "tune.score=[0.05,0.5]",
-    "tune.mask=[0.25]",
-    "tune.min_area=[0]",
-    "tune.min_keep=[0.0]",
+    "model.maskrcnn.grid.score=[0.05,0.5]",
+    "model.maskrcnn.grid.mask=[0.25]",
+    "model.maskrcnn.grid.min_area=[0]",
+    "model.maskrcnn.grid.min_keep=[0.0]",
 ]
 
 

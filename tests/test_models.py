@@ -51,8 +51,10 @@ def test_families_are_registered_with_their_config_blocks():
         load_config(overrides=["model.family=yolo"])
     with pytest.raises(CellpipeError, match="model.backbone moved to model.maskrcnn.backbone"):
         load_config(overrides=["model.backbone=resnet18_fpn"])
-    with pytest.raises(CellpipeError, match="below the maskrcnn score floor 0.05"):
-        load_config(overrides=["tune.score=[0.01,0.5]"])
+    with pytest.raises(CellpipeError, match="grid.score has 0.01, below the score floor 0.05"):
+        load_config(overrides=["model.maskrcnn.grid.score=[0.01,0.5]"])
+    with pytest.raises(CellpipeError, match="tune.score moved to model.<family>.grid.score"):
+        load_config(overrides=["tune.score=[0.1]"])
 
 
 def test_registry_errors_name_the_known_entries():

@@ -34,10 +34,10 @@ TINY = [
     "finetune.solver.num_workers=0",
     "finetune.augment.crop=null",
     "predict.tta=[none,hflip]",
-    "tune.score=[0.05,0.9]",
-    "tune.mask=[0.5]",
-    "tune.min_area=[0,10]",
-    "tune.min_keep=[0.0]",
+    "model.maskrcnn.grid.score=[0.05,0.9]",
+    "model.maskrcnn.grid.mask=[0.5]",
+    "model.maskrcnn.grid.min_area=[0,10]",
+    "model.maskrcnn.grid.min_keep=[0.0]",
     "tune.rounds=1",
 ]
 

@@ -1,26 +1,34 @@
 """Test-time augmentation and ensembling on box-cropped predictions.
 
-Flips are undone exactly on boxes and crops. Predictions of several views (flips, models) of one
-image are merged by clustering: views are taken in turn, and each detection joins the cluster
-whose first box it overlaps most (box IoU above a threshold, same class, one detection per view
-and cluster) or starts a new one. A cluster becomes one instance: its box is the union of its
-members' boxes, its mask the mean of their probabilities over all views (a view that missed the
-instance counts as 0: mask voting), its score the sum of member scores over the number of views.
+A view is one of the eight symmetries of the square (`VIEWS`): the image is transposed (or not),
+then flipped horizontally and / or vertically; predictions made on a view are mapped back exactly
+(`unview_predictions`), boxes and crops alike. Predictions of several views (TTA views, scales,
+fold models, families) of one image are merged by clustering: views are taken in turn, and each
+detection joins the cluster whose first box it overlaps most (box IoU above a threshold, same
+class, one detection per view and cluster) or starts a new one. A cluster becomes one instance:
+its box is the union of its members' boxes, its mask the weighted mean of their probabilities over
+all views (a view that missed the instance counts as 0: mask voting), its score the weighted mean
+of member scores over all views, its error the weighted mean of its members' errors.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from pipeline.core.predictions import ImagePredictions, quantise
 
-FLIPS = {
-    "none": (False, False),
-    "hflip": (True, False),
-    "vflip": (False, True),
-    "hvflip": (True, True),
+# name -> (transpose, horizontal flip, vertical flip), applied to the image in that order
+VIEWS = {
+    "none": (False, False, False),
+    "hflip": (False, True, False),
+    "vflip": (False, False, True),
+    "hvflip": (False, True, True),  # = rotation by 180 degrees
+    "transpose": (True, False, False),
+    "rot90": (True, False, True),  # counter-clockwise, as np.rot90
+    "rot270": (True, True, False),
+    "antitranspose": (True, True, True),
 }
 
 
@@ -37,8 +45,32 @@ def flip_predictions(pred: ImagePredictions, horizontal: bool, vertical: bool) -
         boxes[:, [1, 3]] = height - pred.boxes[:, [3, 1]]
         masks = [m[::-1, :] for m in masks]
     return ImagePredictions(
-        pred.shape, boxes, pred.scores, pred.labels, [np.ascontiguousarray(m) for m in masks]
+        pred.shape,
+        boxes,
+        pred.scores,
+        pred.labels,
+        [np.ascontiguousarray(m) for m in masks],
+        pred.errors,
     )
+
+
+def transpose_predictions(pred: ImagePredictions) -> ImagePredictions:
+    """Predictions of a transposed image mapped back (the transpose is its own inverse)."""
+    return ImagePredictions(
+        (pred.shape[1], pred.shape[0]),
+        np.ascontiguousarray(pred.boxes[:, [1, 0, 3, 2]]),
+        pred.scores,
+        pred.labels,
+        [np.ascontiguousarray(m.T) for m in pred.masks],
+        pred.errors,
+    )
+
+
+def unview_predictions(pred: ImagePredictions, view: str) -> ImagePredictions:
+    """Predictions made on `view` of an image, in the original image's pixels."""
+    transpose, horizontal, vertical = VIEWS[view]
+    pred = flip_predictions(pred, horizontal, vertical) if horizontal or vertical else pred
+    return transpose_predictions(pred) if transpose else pred
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -80,15 +112,26 @@ def _clusters(views: Sequence[ImagePredictions], iou_threshold: float) -> list[l
 
 
 def merge_predictions(
-    views: Sequence[ImagePredictions], iou_threshold: float = 0.55, min_votes: int = 1
+    views: Sequence[ImagePredictions],
+    iou_threshold: float = 0.55,
+    min_votes: int = 1,
+    weights: Sequence[float] | None = None,
 ) -> ImagePredictions:
-    """One set of predictions from several views of one image (all in its original pixels)."""
+    """One set of predictions from several views of one image (all in its original pixels),
+    each view weighted (default 1; a view of weight 0 is left out)."""
     if not views:
         raise ValueError("nothing to merge")
+    weights = [1.0] * len(views) if weights is None else [float(w) for w in weights]
+    if len(weights) != len(views) or min(weights) < 0 or sum(weights) <= 0:
+        raise ValueError(
+            f"weights {weights} for {len(views)} views: need one each, >= 0, not all 0"
+        )
+    kept = [(view, w) for view, w in zip(views, weights) if w > 0]
+    views, weights = [v for v, _ in kept], [w for _, w in kept]
     if len(views) == 1:
         return views[0]
-    shape = views[0].shape
-    boxes, scores, labels, masks = [], [], [], []
+    shape, total_weight = views[0].shape, sum(weights)
+    boxes, scores, labels, masks, errors = [], [], [], [], []
     for members in _clusters(views, iou_threshold):
         if len(members) < min_votes:
             continue
@@ -98,12 +141,19 @@ def merge_predictions(
         total = np.zeros((y1 - y0, x1 - x0), np.float64)
         for v, i in members:
             bx0, by0, bx1, by1 = views[v].boxes[i]
-            total[by0 - y0 : by1 - y0, bx0 - x0 : bx1 - x0] += views[v].masks[i]
-        member_labels = [int(views[v].labels[i]) for v, i in members]
+            total[by0 - y0 : by1 - y0, bx0 - x0 : bx1 - x0] += weights[v] * views[v].masks[i]
+        member_weights = np.array([weights[v] for v, _ in members])
+        votes: dict[int, float] = {}
+        for (v, i), w in zip(members, member_weights):
+            votes[int(views[v].labels[i])] = votes.get(int(views[v].labels[i]), 0.0) + w
         boxes.append([x0, y0, x1, y1])
-        scores.append(sum(float(views[v].scores[i]) for v, i in members) / len(views))
-        labels.append(max(set(member_labels), key=member_labels.count))
-        masks.append(quantise(total / (255.0 * len(views))))
+        scores.append(
+            sum(weights[v] * float(views[v].scores[i]) for v, i in members) / total_weight
+        )
+        labels.append(max(sorted(votes), key=votes.__getitem__))
+        masks.append(quantise(total / (255.0 * total_weight)))
+        member_errors = np.array([views[v].errors[i] for v, i in members], np.float64)
+        errors.append(float(member_errors @ member_weights / member_weights.sum()))
     if not boxes:
         return ImagePredictions.empty(shape)
     return ImagePredictions(
@@ -112,4 +162,31 @@ def merge_predictions(
         np.array(scores, np.float32),
         np.array(labels, np.int32),
         masks,
+        np.array(errors, np.float32),
     )
+
+
+def merge_families(
+    family_predictions: Mapping[str, Mapping[str, ImagePredictions]],
+    weights: Mapping[str, float],
+    iou_threshold: float = 0.55,
+    min_votes: int = 1,
+) -> dict[str, ImagePredictions]:
+    """Per image, the predictions of several families merged with per-family weights (a family
+    of weight 0 is left out); every family must have predicted the same images."""
+    used = [f for f in family_predictions if weights.get(f, 0.0) > 0]
+    if not used:
+        raise ValueError(f"no family has a positive weight in {dict(weights)}")
+    ids = list(family_predictions[used[0]])
+    for family in used[1:]:
+        if set(family_predictions[family]) != set(ids):
+            raise ValueError(f"{family} and {used[0]} predicted different images")
+    return {
+        image_id: merge_predictions(
+            [family_predictions[f][image_id] for f in used],
+            iou_threshold,
+            min_votes,
+            [weights[f] for f in used],
+        )
+        for image_id in ids
+    }

@@ -1,7 +1,9 @@
 """From raw predictions to final instances: per-class thresholds and overlap elimination.
 
-Each class has a score threshold, a mask binarisation threshold, a minimum area in pixels and a
-minimum kept fraction (an instance that loses more of its area to better instances is dropped).
+Each class has a score threshold, a mask binarisation threshold, a minimum area in pixels, a
+minimum kept fraction (an instance that loses more of its area to better instances is dropped) and
+a maximum error (the family's own per-instance error, e.g. a flow model's flow error; None: no
+limit).
 The thresholds applied to an instance are those of the image's class (the mode of its predicted
 classes, as the popular Sartorius notebooks do) or of the instance's own class.
 """
@@ -31,6 +33,7 @@ class ClassThresholds:
     mask: float  # mask probability at which a pixel belongs to the instance
     min_area: int  # pixels an instance must keep after overlap removal
     min_keep: float  # fraction of its own area an instance must keep
+    max_error: float | None = None  # keep instances whose error is at most this; None: all
 
 
 @dataclass(frozen=True)
@@ -91,7 +94,11 @@ def postprocess_image(
         per_instance = [chosen] * len(pred)
     else:
         per_instance = [thresholds.of(c) for c in pred.labels]
-    candidates = [i for i, t in enumerate(per_instance) if pred.scores[i] >= t.score]
+    candidates = [
+        i
+        for i, t in enumerate(per_instance)
+        if pred.scores[i] >= t.score and (t.max_error is None or pred.errors[i] <= t.max_error)
+    ]
     masks = [pred.masks[i] >= round(per_instance[i].mask * 255) for i in candidates]
     boxes = pred.boxes[candidates] if candidates else np.zeros((0, 4), np.int64)
     if thresholds.order == "score":

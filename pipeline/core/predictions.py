@@ -1,7 +1,9 @@
 """Compact storage of instance predictions: box-cropped masks, never full-size stacks.
 
-One image's predictions are boxes [x0, y0, x1, y1) in pixels, scores, category ids, and each
-instance's mask probability cropped to its box, quantised to uint8 (0..255). A split's predictions
+One image's predictions are boxes [x0, y0, x1, y1) in pixels, scores, category ids, errors (a
+family's own per-instance quality measure, lower is better, e.g. a flow model's flow error; 0 when
+the family has none), and each instance's mask probability cropped to its box, quantised to uint8
+(0..255). A split's predictions
 go into one `.npz`: per-image offsets into concatenated arrays, and all mask crops as one flat
 byte array. 1000 detections of ~20x20 pixels take ~0.4 MB instead of 1.4 GB of float masks.
 """
@@ -26,6 +28,13 @@ class ImagePredictions:
     scores: np.ndarray  # (n,) float32
     labels: np.ndarray  # (n,) int32 COCO category ids
     masks: list[np.ndarray]  # n uint8 probability crops, 0..255
+    errors: np.ndarray = None  # type: ignore[assignment]  # (n,) float32; None: all 0
+
+    def __post_init__(self) -> None:
+        if self.errors is None:
+            self.errors = np.zeros(len(self.scores), np.float32)
+        elif len(self.errors) != len(self.scores):
+            raise ValueError(f"{len(self.errors)} errors for {len(self.scores)} instances")
 
     def __len__(self) -> int:
         return len(self.scores)
@@ -67,6 +76,9 @@ def save_predictions(path: Path | str, images: dict[str, ImagePredictions]) -> N
             labels=np.concatenate([p.labels for p in preds]).astype(np.int32)
             if preds
             else np.zeros(0, np.int32),
+            errors=np.concatenate([p.errors for p in preds]).astype(np.float32)
+            if preds
+            else np.zeros(0, np.float32),
             masks=np.concatenate(masks).astype(np.uint8) if masks else np.zeros(0, np.uint8),
         )
 
@@ -80,6 +92,7 @@ def load_predictions(path: Path | str) -> dict[str, ImagePredictions]:
         data = np.load(path)
         ids, shapes, offsets = data["ids"], data["shapes"], data["offsets"]
         boxes, scores, labels, flat = data["boxes"], data["scores"], data["labels"], data["masks"]
+        errors = data["errors"] if "errors" in data else np.zeros(len(scores), np.float32)
     except (OSError, KeyError, ValueError) as e:
         raise CellpipeError(f"{path}: not a cellpipe predictions file ({e})") from None
     sizes = (boxes[:, 3] - boxes[:, 1]).astype(np.int64) * (boxes[:, 2] - boxes[:, 0])
@@ -99,5 +112,6 @@ def load_predictions(path: Path | str) -> dict[str, ImagePredictions]:
             scores[lo:hi],
             labels[lo:hi],
             crops,
+            errors[lo:hi],
         )
     return out

@@ -1,8 +1,10 @@
-"""Prediction through the model interface: every (model, TTA view) of an image, merged.
+"""Prediction through the model interface: every (model, scale, TTA view) of an image, merged.
 
-Works for every family: each model's `predict` gives box-cropped instances in model labels,
-mapped here to COCO category ids; views are undone on the predictions and merged per image by
-box clustering and mask voting (`pipeline.core.ensemble`).
+Works for every family: each model's `predict` gives box-cropped instances in model labels (in
+the pixels of the image it was given, whatever its `scale`), mapped here to COCO category ids;
+views (flips, 90-degree rotations, transposes) are undone on the predictions, and everything is
+merged per image by box clustering and mask voting (`pipeline.core.ensemble`). A scale of TTA
+multiplies the model's own `scale` for that pass.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import torch
 from tqdm import tqdm
 
 from pipeline.config import Config
-from pipeline.core.ensemble import FLIPS, flip_predictions, merge_predictions
+from pipeline.core.ensemble import VIEWS, merge_predictions, unview_predictions
 from pipeline.core.fileio import read_image_checked
 from pipeline.core.predictions import ImagePredictions
 from pipeline.models.base import CellModel, image_to_tensor
@@ -28,22 +30,34 @@ def device_for(choice: str) -> torch.device:
     return torch.device("cuda" if cuda else "cpu")
 
 
+def view_tensor(image: torch.Tensor, view: str) -> torch.Tensor:
+    """`view` of an image (..., H, W): transposed, then flipped, as `VIEWS` says."""
+    transpose, horizontal, vertical = VIEWS[view]
+    image = image.transpose(-1, -2) if transpose else image
+    dims = [d for d, flip in ((-1, horizontal), (-2, vertical)) if flip]
+    return image.flip(dims) if dims else image
+
+
 def predict_views(
     model: CellModel,
     tensors: Sequence[torch.Tensor],
     views: Sequence[str],
     category_ids: Mapping[str, int],
+    scales: Sequence[float] = (1.0,),
 ) -> list[list[ImagePredictions]]:
-    """Per image, the model's predictions under each view, undone, in COCO category ids."""
+    """Per image, the model's predictions under each (scale, view), undone, in COCO ids."""
     to_category = np.array([0] + [category_ids.get(c, 0) for c in model.classes], np.int32)
     out: list[list[ImagePredictions]] = [[] for _ in tensors]
-    for view in views:
-        h, v = FLIPS[view]
-        dims = [d for d, flip in ((-1, h), (-2, v)) if flip]
-        flipped = [t.flip(dims) if dims else t for t in tensors]
-        for k, pred in enumerate(model.predict(flipped)):
-            pred.labels = to_category[pred.labels]
-            out[k].append(flip_predictions(pred, h, v))
+    own_scale = model.scale
+    try:
+        for scale in scales:
+            model.scale = own_scale * scale
+            for view in views:
+                for k, pred in enumerate(model.predict([view_tensor(t, view) for t in tensors])):
+                    pred.labels = to_category[pred.labels]
+                    out[k].append(unview_predictions(pred, view))
+    finally:
+        model.scale = own_scale
     return out
 
 
@@ -73,7 +87,8 @@ def predict_images(
             ]
             views: list[list[ImagePredictions]] = [[] for _ in batch]
             for model in models:
-                for k, preds in enumerate(predict_views(model, tensors, params.tta, category_ids)):
+                per_image = predict_views(model, tensors, params.tta, category_ids, params.scales)
+                for k, preds in enumerate(per_image):
                     views[k] += preds
             for im, image_views in zip(batch, views):
                 stem = Path(im["file_name"]).stem

@@ -29,16 +29,17 @@ def tune(cfg: Config) -> None:
     from pipeline.core.fileio import read_json, write_json
     from pipeline.core.metrics import TruthScorer
     from pipeline.core.predictions import load_predictions
-    from pipeline.core.tuning import tune_thresholds
+    from pipeline.core.tuning import class_groups, tune_thresholds
 
     layout, params = cfg.layout, cfg.tune
     (family,) = cfg.families
     preds = load_predictions(layout.predictions(family, "oof"))
     scorer = TruthScorer.from_frame(read_kaggle_csv(layout.train_csv), list(preds))
     categories = {c["id"]: c["name"] for c in read_json(layout.coco_train)["categories"]}
-    grid = {f: getattr(params, f) for f in ("score", "mask", "min_area", "min_keep")}
+    grid = cfg.model.block(family).grid.values()
+    groups = class_groups(preds, sorted(categories), params.class_mode, params.min_class_images)
     start = start_thresholds(cfg, family)
-    result = tune_thresholds(preds, scorer, sorted(categories), grid, start, params.rounds)
+    result = tune_thresholds(preds, scorer, groups, grid, start, params.rounds)
     write_json(
         layout.thresholds,
         {
@@ -74,7 +75,13 @@ def main(cfg: Config, args: argparse.Namespace) -> None:
             layout.coco_train,
         ],
         outputs=[layout.thresholds],
-        params={"tune": cfg.tune, **{f: cfg.model.block(f).thresholds for f in cfg.families}},
+        params={
+            "tune": cfg.tune,
+            **{
+                f: {"thresholds": cfg.model.block(f).thresholds, "grid": cfg.model.block(f).grid}
+                for f in cfg.families
+            },
+        },
         body=lambda: tune(cfg),
         force=args.force,
     )
