@@ -27,7 +27,9 @@ TRAIN = $(if $(filter-out 1,$(NPROC)),$(BIN)/torchrun --standalone --nproc_per_n
 train = $(TRAIN) $(1) $(SETTINGS) $(2)
 
 .PHONY: stages test lint venv clean leaderboard kernels push
-stages: $(WORK)/submission.csv $(WORK)/scores/oof.json
+# held-out scores too when the data has the truth of its test images (a benchmark dataset)
+HELD_OUT := $(if $(wildcard $(DATA)/test_truth.csv),$(WORK)/scores/test.json)
+stages: $(WORK)/submission.csv $(WORK)/scores/oof.json $(HELD_OUT)
 
 venv: $(INSTALLED)
 $(INSTALLED): pyproject.toml
@@ -74,8 +76,18 @@ $(WORK)/postprocess/oof.csv: $(WORK)/thresholds.json $(CONFIG) | $(INSTALLED)
 $(WORK)/submission.csv: $(WORK)/postprocess/oof.csv $(CONFIG) | $(INSTALLED)
 	$(call cellpipe,submit)
 
+# $(call score_split,SPLIT,TRUTH,NOTE): every family's CSV of a split, then the chosen one
+score_split = for csv in $(WORK)/postprocess/*/$(1).csv; do \
+	  family=$$(basename $$(dirname $$csv)); \
+	  $(call cellpipe,score --submission $$csv --truth $(2) --output $(WORK)/scores/$$family/$(1).json --note "$(3) $$family") || exit; \
+	done; \
+	$(call cellpipe,score --submission $(WORK)/postprocess/$(1).csv --truth $(2) --output $(WORK)/scores/$(1).json --note "$(3)")
+
 $(WORK)/scores/oof.json: $(WORK)/postprocess/oof.csv $(DATA)/train.csv $(CONFIG) | $(INSTALLED)
-	$(call cellpipe,score --submission $< --output $@ --note out-of-fold)
+	$(call score_split,oof,$(DATA)/train.csv,out-of-fold)
+
+$(WORK)/scores/test.json: $(WORK)/postprocess/oof.csv $(DATA)/test_truth.csv $(CONFIG) | $(INSTALLED)
+	$(call score_split,test,$(DATA)/test_truth.csv,held-out)
 
 leaderboard: | $(INSTALLED)
 	$(call cellpipe,leaderboard)

@@ -136,6 +136,25 @@ class MaskRCNNConfig(Section):
         return self.score_thresh
 
 
+class WatershedConfig(Section):
+    """Family `watershed`: Otsu + distance-transform watershed, no training (the classical floor,
+    pipeline/models/watershed.py)."""
+
+    trainable: ClassVar[bool] = False
+
+    contrast: Literal["auto", "bright", "dark", "deviation"] = "auto"  # how cells differ from
+    # the background; auto: bright on a dark median, dark on a light one, else deviation
+    sigma: float = 1.5  # Gaussian smoothing (px) before thresholding
+    softness: float = 0.05  # width of the soft threshold, as a fraction of the signal's range
+    foreground: float = 0.3  # probability above which a pixel is split into cells (permissive:
+    # the tuned `mask` threshold trims each cell)
+    min_distance: int = 8  # px between the distance-transform maxima that seed cells
+    thresholds: ThresholdsConfig = ThresholdsConfig(score=0.0, mask=0.5, min_area=15)
+    grid: GridConfig = GridConfig(
+        score=[0.0, 0.55, 0.6, 0.7], mask=[0.3, 0.4, 0.5, 0.6, 0.7], min_area=[0, 15, 30, 60]
+    )
+
+
 class ModelConfig(Section):
     """The model family (`model.family`, one of `cellpipe models`) and each family's block.
 
@@ -145,6 +164,7 @@ class ModelConfig(Section):
     family: str = "maskrcnn"  # the family pretrain / finetune train and predict uses
     scale: float = 1.0  # image scale for training and inference; 1 = native resolution
     maskrcnn: MaskRCNNConfig = MaskRCNNConfig()
+    watershed: WatershedConfig = WatershedConfig()
 
     @model_validator(mode="before")
     @classmethod
@@ -436,6 +456,7 @@ class Layout:
         self.train_images = data / "train"
         self.test_images = data / "test"
         self.sample_submission = data / "sample_submission.csv"
+        self.test_truth = data / "test_truth.csv"  # optional: held-out images' truth, reported
         self.livecell = data / "LIVECell_dataset_2021"
         self.coco_dir = work / "coco"
         self.coco_train = self.coco_dir / "train.json"

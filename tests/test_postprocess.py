@@ -12,7 +12,7 @@ from pipeline.core.postprocess import (
     ClassThresholds,
     Thresholds,
     image_class,
-    load_thresholds,
+    load_tuned,
     postprocess_image,
 )
 from pipeline.core.predictions import ImagePredictions, quantise
@@ -115,15 +115,38 @@ def test_empty_predictions():
 def test_thresholds_json(tmp_path):
     thresholds = Thresholds(
         ClassThresholds(0.5, 0.5, 10, 0.0),
-        {1: ClassThresholds(0.15, 0.5, 75, 0.2)},
+        {1: ClassThresholds(0.15, 0.5, 75, 0.2, max_error=0.4)},
         "instance",
         "area",
     )
+    alone = Thresholds(ClassThresholds(0.3, 0.5, 0, 0.0))
     path = tmp_path / "thresholds.json"
-    path.write_text(json.dumps({"thresholds": thresholds.to_json(), "cv": {}}))
-    assert load_thresholds(path) == thresholds
+    path.write_text(
+        json.dumps(
+            {
+                "families": ["a", "b"],
+                "weights": {"a": 1.0, "b": 0.5},
+                "thresholds": thresholds.to_json(),
+                "candidates": {
+                    "a": {"thresholds": alone.to_json()},
+                    "b": {"thresholds": alone.to_json()},
+                },
+                "cv": {},
+            }
+        )
+    )
+    tuned = load_tuned(path)
+    assert tuned.thresholds == thresholds and tuned.weights == {"a": 1.0, "b": 0.5}
+    assert tuned.family_thresholds == {"a": alone, "b": alone}
     with pytest.raises(CellpipeError, match="missing thresholds file"):
-        load_thresholds(tmp_path / "none.json")
-    path.write_text(json.dumps({"thresholds": {"per_class": {}}}))
+        load_tuned(tmp_path / "none.json")
+    path.write_text(json.dumps({"weights": {}}))
+    with pytest.raises(CellpipeError, match="malformed"):
+        load_tuned(path)
+    path.write_text(
+        json.dumps(
+            {"families": [], "weights": {}, "thresholds": {"per_class": {}}, "candidates": {}}
+        )
+    )
     with pytest.raises(CellpipeError, match="thresholds: malformed"):
-        load_thresholds(path)
+        load_tuned(path)

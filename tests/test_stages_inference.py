@@ -33,7 +33,9 @@ TINY = [
     "finetune.solver.checkpoint_period=2",
     "finetune.solver.num_workers=0",
     "finetune.augment.crop=null",
-    "predict.tta=[none,hflip]",
+    "predict.tta=[none,rot90]",
+    "predict.models=[maskrcnn,watershed]",
+    "tune.ensemble.weights=[0,1]",
     "model.maskrcnn.grid.score=[0.05,0.9]",
     "model.maskrcnn.grid.mask=[0.5]",
     "model.maskrcnn.grid.min_area=[0,10]",
@@ -86,9 +88,24 @@ def test_predictions_are_box_cropped_per_split(work):
 
 def test_thresholds_never_worse_than_defaults(work):
     tuned = json.loads((work / "thresholds.json").read_text())
-    assert tuned["cv"]["tuned"] >= tuned["cv"]["default"]
-    assert tuned["cv"]["images"] == 6
-    assert set(tuned["thresholds"]["per_class"]) == {"1", "2", "3"}
+    assert set(tuned["candidates"]) == {"maskrcnn", "watershed", "ensemble"}
+    assert tuned["candidates"]["ensemble"]["weights"] == {"maskrcnn": 1.0, "watershed": 1.0}
+    for candidate in tuned["candidates"].values():
+        assert candidate["cv"]["tuned"] >= candidate["cv"]["default"]
+        assert candidate["cv"]["images"] == 6
+        assert candidate["heldout"]["images"] == 2  # test_truth.csv: reported, never tuned on
+        assert set(candidate["thresholds"]["per_class"]) == {"1", "2", "3"}
+    chosen = tuned["candidates"][tuned["chosen"]]
+    assert chosen["cv"]["tuned"] == max(c["cv"]["tuned"] for c in tuned["candidates"].values())
+    assert tuned["weights"] == chosen["weights"] and tuned["thresholds"] == chosen["thresholds"]
+
+
+def test_every_family_is_postprocessed_beside_the_choice(work):
+    for split, n in (("oof", 6), ("test", 2)):
+        for family in ("maskrcnn", "watershed"):
+            frame = read_submission(work / "postprocess" / family / f"{split}.csv")
+            assert frame["id"].nunique() == n
+        assert read_submission(work / "postprocess" / f"{split}.csv")["id"].nunique() == n
 
 
 def test_submission_is_valid_and_covers_every_test_image(work, capsys):
@@ -121,7 +138,8 @@ def test_out_of_fold_score_is_recorded(work):
 def test_rerun_is_up_to_date(work, capsys):
     capsys.readouterr()
     assert cellpipe(work, "predict") == 0
-    assert "predict_maskrcnn: up to date" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "predict_maskrcnn: up to date" in out and "predict_watershed: up to date" in out
 
 
 def one_line(capsys, text):
@@ -169,3 +187,14 @@ def test_broken_submission_is_rejected(work, capsys, tmp_path):
     capsys.readouterr()
     assert cellpipe(work, "validate", str(bad)) == 2
     one_line(capsys, f"line {len(frame) + 1}")
+
+
+def test_weight_mixes_are_distinct_and_mix_two_families_or_more():
+    from pipeline.stages.tune import weight_mixes
+
+    mixes = weight_mixes(["a", "b", "c"], [0.0, 0.5, 1.0])
+    assert {"a": 1.0, "b": 0.5, "c": 0.0} in mixes and {"a": 1.0, "b": 1.0, "c": 1.0} in mixes
+    assert all(sum(w > 0 for w in m.values()) >= 2 and max(m.values()) == 1.0 for m in mixes)
+    # 20 assignments with two positive weights or more, less (.5, .5, 0) x 3 and (.5, .5, .5)
+    assert len(mixes) == len({tuple(m.values()) for m in mixes}) == 16
+    assert weight_mixes(["a"], [0.0, 1.0]) == []

@@ -69,12 +69,32 @@ class Thresholds:
             raise CellpipeError(f"thresholds: malformed ({e})") from None
 
 
-def load_thresholds(path: Path | str) -> Thresholds:
-    """Thresholds written by `tune` (thresholds.json); its CV scores are ignored here."""
+@dataclass(frozen=True)
+class TunedChoice:
+    """What `tune` chose (thresholds.json): family weights and the thresholds of their merged
+    predictions, plus each family's own tuned thresholds (its predictions alone)."""
+
+    weights: dict[str, float]
+    thresholds: Thresholds
+    family_thresholds: dict[str, Thresholds]
+
+
+def load_tuned(path: Path | str) -> TunedChoice:
+    """The choice written by `tune` (thresholds.json); its CV scores are ignored here."""
     path = Path(path)
     if not path.is_file():
         raise CellpipeError(f"missing thresholds file: {path} (run `cellpipe tune` first)")
-    return Thresholds.from_json(json.loads(path.read_text())["thresholds"])
+    data = json.loads(path.read_text())
+    try:
+        weights = {str(k): float(v) for k, v in data["weights"].items()}
+        families = {f: data["candidates"][f]["thresholds"] for f in data["families"]}
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise CellpipeError(f"{path}: malformed ({e}); rerun `cellpipe tune`") from None
+    return TunedChoice(
+        weights,
+        Thresholds.from_json(data["thresholds"]),
+        {f: Thresholds.from_json(t) for f, t in families.items()},
+    )
 
 
 def image_class(labels: np.ndarray) -> int:

@@ -349,7 +349,8 @@ def synthetic_image(
 
 
 def write_competition(root: Path, cfg: SyntheticConfig, progress: bool = True) -> None:
-    """Write train/, train.csv, test/, sample_submission.csv and train_semi_supervised/."""
+    """Write train/, train.csv, test/, sample_submission.csv, train_semi_supervised/ and the truth
+    of the test images, test_truth.csv (train.csv's columns: the held-out score)."""
     shape = (cfg.height, cfg.width)
     meta = image_rng(cfg.seed, "meta", 0)
     jobs = [(t, j) for t in CELL_TYPES for j in range(cfg.train_images_per_type)]
@@ -382,10 +383,17 @@ def write_competition(root: Path, cfg: SyntheticConfig, progress: bool = True) -
     write_text(root / "train.csv", train_csv.to_csv(index=False))
 
     test_ids = ids[len(jobs) :]
+    truth_rows = []
     for index, image_id in enumerate(tqdm(test_ids, desc="test", disable=not progress)):
-        morph = MORPHOLOGIES[CELL_TYPES[index % len(CELL_TYPES)]]
-        _, image = synthetic_image(image_rng(cfg.seed, "test", index), shape, morph)
+        cell_type = CELL_TYPES[index % len(CELL_TYPES)]
+        instances, image = synthetic_image(
+            image_rng(cfg.seed, "test", index), shape, MORPHOLOGIES[cell_type]
+        )
         write_png(root / "test" / f"{image_id}.png", image)
+        metadata = (cfg.width, cfg.height, cell_type, "", "", "test", "")
+        truth_rows += [(image_id, text, *metadata) for text in instances.rle_texts()]
+    truth = pd.DataFrame(truth_rows, columns=list(TRAIN_CSV_COLUMNS))
+    write_text(root / "test_truth.csv", truth.to_csv(index=False))  # the held-out truth
     submission = pd.DataFrame({"id": test_ids, "predicted": "1 1"})
     write_text(root / "sample_submission.csv", submission.to_csv(index=False))
 

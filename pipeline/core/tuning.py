@@ -28,10 +28,12 @@ def _mean(scores: Mapping[str, float]) -> float:
 
 @dataclass(frozen=True)
 class TuneResult:
-    """The best thresholds, each image's score with them and at the start, each accepted step."""
+    """The best thresholds and each image's score with them, the same at the start, and each
+    accepted step."""
 
     thresholds: Thresholds
     image_scores: dict[str, float]
+    start_thresholds: Thresholds
     start_image_scores: dict[str, float]
     steps: list[dict]
 
@@ -79,6 +81,7 @@ def tune_thresholds(
     if unknown:
         raise ValueError(f"unknown threshold field(s) {sorted(unknown)}; known: {FIELDS}")
     thresholds = replace(start, per_class={c: start.of(c) for g in groups for c in g})
+    untuned = thresholds
 
     def scores_of(t: Thresholds, ids: Sequence[str]) -> dict[str, float]:
         return {i: score(i, postprocess_image(preds[i], t)[0]) for i in ids}
@@ -109,4 +112,4 @@ def tune_thresholds(
                     "score": _mean(per_image),
                 }
             )
-    return TuneResult(thresholds, per_image, start_scores, steps)
+    return TuneResult(thresholds, per_image, untuned, start_scores, steps)
