@@ -131,7 +131,15 @@ def project(tmp_path_factory):
     # low thresholds: a random model's scores and mask probabilities are low, and the
     # submission should not be empty
     low = Thresholds(default=ClassThresholds(score=0.0, mask=0.25, min_area=1, min_keep=0.0))
-    write_json(cfg.layout.thresholds, {"thresholds": low.to_json()})
+    write_json(
+        cfg.layout.thresholds,
+        {
+            "families": ["maskrcnn"],
+            "weights": {"maskrcnn": 1.0},
+            "thresholds": low.to_json(),
+            "candidates": {"maskrcnn": {"thresholds": low.to_json()}},
+        },
+    )
     return root, data, settings
 
 
@@ -282,11 +290,12 @@ def test_training_notebook_fine_tunes_from_the_bundle(built, project, tmp_path, 
     working, _, printed = run_in_kaggle(built, data, "train", tmp_path, monkeypatch)
     out = working / "cellpipe"
     assert "weights from" in printed and "pretrain/maskrcnn/model_final.pth" in printed
-    block = load_config(None, SETTINGS).model.maskrcnn
+    block = load_config(None, SETTINGS).model.network("maskrcnn")
     for k in (0, 1):
         saved = read_checkpoint(out / "finetune" / "maskrcnn" / f"fold{k}" / "model_best.pth")
         assert saved["iteration"] == 2 and saved["family"] == "maskrcnn"
-        assert saved["model_config"] == block.model_dump(mode="json")
+        network = {k: v for k, v in saved["model_config"].items() if k not in ("thresholds", "grid")}
+        assert network == block
     thresholds = json.loads((out / "thresholds.json").read_text())
     assert thresholds["cv"]["images"] == 6  # every training image predicted out of fold
 

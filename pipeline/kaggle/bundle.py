@@ -72,7 +72,7 @@ def pretrained_models(cfg: Config, train: Config) -> dict[str, Path]:
         return {}
     models = {f: Path(p) for f, p in json.loads(summary.read_text())["families"].items() if p}
     for family in models:
-        if family in train.families and train.model.block(family) != cfg.model.block(family):
+        if family in train.families and train.model.network(family) != cfg.model.network(family):
             raise CellpipeError(
                 f"kernels.train_config has another {family} model than this run's pretrained "
                 "one: set kernels.include_pretrained=false (pretrain on Kaggle) or finetune.init"
