@@ -155,6 +155,27 @@ class WatershedConfig(Section):
     )
 
 
+class FlowUNetConfig(Section):
+    """Family `flow_unet`: a U-Net predicting cell probability, cellpose-style flows and class
+    scores per pixel; masks by following the flows (pipeline/models/flow_unet.py)."""
+
+    trainable: ClassVar[bool] = True
+
+    channels: list[int] = [32, 64, 128, 256]  # per U-Net level, finest first
+    foreground: float = 0.3  # cell probability above which pixels follow the flows (permissive:
+    # the tuned `mask` threshold trims each cell)
+    min_size: int = 5  # px: smaller groups of converging pixels are dropped before tuning
+    n_iter: int = 200  # flow-following steps
+    thresholds: ThresholdsConfig = ThresholdsConfig(score=0.0, mask=0.5, min_area=15, max_error=0.4)
+    grid: GridConfig = GridConfig(
+        score=[0.0, 0.6, 0.7],
+        mask=[0.3, 0.4, 0.5, 0.6],
+        min_area=[0, 15, 30, 60],
+        min_keep=[],
+        max_error=[0.2, 0.4, 0.8, None],
+    )
+
+
 class ModelConfig(Section):
     """The model family (`model.family`, one of `cellpipe models`) and each family's block.
 
@@ -165,6 +186,7 @@ class ModelConfig(Section):
     scale: float = 1.0  # image scale for training and inference; 1 = native resolution
     maskrcnn: MaskRCNNConfig = MaskRCNNConfig()
     watershed: WatershedConfig = WatershedConfig()
+    flow_unet: FlowUNetConfig = FlowUNetConfig()
 
     @model_validator(mode="before")
     @classmethod
@@ -192,6 +214,11 @@ class ModelConfig(Section):
     def block(self, family: str | None = None) -> Section:
         """The config block of `family` (default: `model.family`)."""
         return getattr(self, family or self.family)
+
+    def network(self, family: str | None = None) -> dict[str, Any]:
+        """What of `family`'s block shapes its weights: the block without its postprocessing
+        (`thresholds`, `grid`), which tuning may change freely."""
+        return self.block(family).model_dump(mode="json", exclude={"thresholds", "grid"})
 
 
 class SolverConfig(Section):

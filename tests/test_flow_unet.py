@@ -1,0 +1,100 @@
+"""Family `flow_unet`: targets from hand-built cells, masks back from ideal maps, and a tiny
+U-Net that learns one image."""
+
+import numpy as np
+import torch
+
+from pipeline.config import FlowUNetConfig, load_config
+from pipeline.core.flows import FLOW_SCALE, label_flows
+from pipeline.core.instances import instance_boxes_and_crops
+from pipeline.core.metrics import map_iou
+from pipeline.core.postprocess import ClassThresholds, Thresholds, postprocess_image
+from pipeline.models import build_model
+from pipeline.models.base import Instances
+from pipeline.models.flow_unet import flow_targets, maps_to_predictions
+
+
+def discs(shape, centres, radius):
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    labels = np.zeros(shape, np.int32)
+    for k, (cy, cx) in enumerate(centres, start=1):
+        labels[(yy - cy) ** 2 + (xx - cx) ** 2 <= radius**2] = k
+    return labels
+
+
+def instances(labels, classes):
+    _, boxes, crops = instance_boxes_and_crops(labels)
+    return Instances(labels.shape, np.asarray(boxes, np.int64), np.asarray(classes), crops)
+
+
+CENTRES = [(14, 14), (14, 40), (38, 20), (38, 45)]  # the last two touch
+
+
+def test_targets_are_scaled_heat_flows_and_pixel_classes():
+    labels = discs((52, 60), CENTRES, 10)
+    targets = flow_targets(instances(labels, [1, 2, 2, 1]))
+    np.testing.assert_allclose(targets["flows"].numpy(), FLOW_SCALE * label_flows(labels))
+    lookup = np.array([0, 1, 2, 2, 1])
+    assert (targets["classes"].numpy() == lookup[labels]).all()
+
+
+def ideal_maps(labels, classes):
+    """What a perfect network outputs: sure cell logits, scaled true flows, one-hot classes."""
+    maps = np.zeros((3 + 2, *labels.shape), np.float32)
+    maps[0] = np.where(labels > 0, 8.0, -8.0)
+    maps[1:3] = FLOW_SCALE * label_flows(labels)
+    for k, c in enumerate(classes, start=1):
+        maps[2 + c][labels == k] = 5.0
+    return maps
+
+
+def test_ideal_maps_give_back_every_cell_with_its_class():
+    labels = discs((52, 60), CENTRES, 10)
+    classes = [1, 2, 2, 1]
+    pred = maps_to_predictions(ideal_maps(labels, classes), FlowUNetConfig())
+    assert len(pred) == len(CENTRES)
+    for box, mask in zip(pred.boxes, pred.masks):
+        assert mask.shape == (box[3] - box[1], box[2] - box[0])
+    assert (pred.scores > 0.99).all() and (pred.errors < 0.1).all()
+    painted, kept = postprocess_image(pred, Thresholds(default=ClassThresholds(0.0, 0.5, 0, 0.0)))
+    assert map_iou(labels, painted) > 0.95
+    # each predicted cell carries the class of the true cell it covers
+    for index, label in zip(kept, range(1, len(kept) + 1)):
+        true = np.bincount(labels[painted == label]).argmax()
+        assert pred.labels[index] == classes[true - 1]
+
+
+def test_flows_that_disagree_with_the_mask_have_large_errors():
+    labels = discs((40, 40), [(20, 20)], 12)
+    maps = ideal_maps(labels, [1])
+    maps[1:3] = -maps[1:3]  # flows pointing away from the centre: no convergence in the cell
+    pred = maps_to_predictions(maps, FlowUNetConfig(min_size=1))
+    assert len(pred) == 0 or (pred.errors > 1.0).all()
+
+
+def test_a_tiny_unet_learns_an_image_and_predicts_in_its_pixels():
+    torch.manual_seed(0)
+    labels = discs((48, 56), CENTRES[:3], 9)
+    image = torch.from_numpy(np.where(labels > 0, 0.8, 0.1).astype(np.float32))[None]
+    cfg = load_config(overrides=["model.flow_unet.channels=[8,16,32]"]).model
+    model = build_model(cfg, ["cell"], "flow_unet")
+    targets = flow_targets(instances(labels, [1, 1, 1]))
+    optimizer = torch.optim.Adam(model.parameters(), 1e-2)
+    model.train()
+    first = None
+    for _ in range(80):
+        losses = model([image], [targets])
+        loss = sum(losses.values())
+        first = first if first is not None else loss.item()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert set(losses) == {"loss_cellprob", "loss_flows"}  # one class: no class loss
+    assert loss.item() < first / 4
+    model.eval()
+    (pred,) = model.predict([image])
+    painted, _ = postprocess_image(pred, Thresholds(default=cfg.flow_unet.thresholds.to_core()))
+    assert map_iou(labels, painted) > 0.5
+    model.scale = 0.5
+    (half,) = model.predict([image])
+    assert half.shape == (48, 56) and all((b[2:] <= (56, 48)).all() for b in half.boxes)
