@@ -27,8 +27,13 @@ TRAIN = $(if $(filter-out 1,$(NPROC)),$(BIN)/torchrun --standalone --nproc_per_n
 train = $(TRAIN) $(1) $(SETTINGS) $(2)
 
 .PHONY: stages test lint venv clean leaderboard kernels push
-# held-out scores too when the data has the truth of its test images (a benchmark dataset)
+# held-out scores too when the data has the truth of its test images (a benchmark dataset, or the
+# synthetic one, whose prepare writes it beside train.csv)
+ifeq ($(DATA),$(WORK)/data)
+HELD_OUT := $(WORK)/scores/test.json
+else
 HELD_OUT := $(if $(wildcard $(DATA)/test_truth.csv),$(WORK)/scores/test.json)
+endif
 stages: $(WORK)/submission.csv $(WORK)/scores/oof.json $(HELD_OUT)
 
 venv: $(INSTALLED)
@@ -42,6 +47,7 @@ ifeq ($(DATA),$(WORK)/data)
 # the embedded synthetic dataset (or `prepare.source=kaggle` in the config)
 $(DATA)/train.csv: $(CONFIG) | $(INSTALLED)
 	$(call cellpipe,prepare)
+$(DATA)/test_truth.csv: $(DATA)/train.csv ;
 else
 # DATA=/path/to/competition: used as it is; downloaded there from Kaggle if it has no train.csv
 $(DATA)/train.csv: | $(INSTALLED)

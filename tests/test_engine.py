@@ -83,21 +83,25 @@ def test_a_few_iterations_decrease_the_loss(tmp_path):
     assert (tmp_path / "run" / "model_best.pth").is_file()  # no validation: the final model
 
 
-def test_resume_after_interrupt_gives_the_same_weights(tmp_path):
+@pytest.mark.parametrize("optimizer, lr", [("sgd", 0.02), ("adamw", 1e-3)])
+def test_resume_after_interrupt_gives_the_same_weights(tmp_path, optimizer, lr):
     data, _ = dataset(tmp_path / "data")
+    solver = SOLVER.model_copy(update={"optimizer": optimizer, "base_lr": lr})
     scores = iter([0.3, 0.5, 0.6])
-    straight = train(tmp_path / "a", data, SOLVER, validate=lambda m: {"map_iou": next(scores)})
+    straight = train(tmp_path / "a", data, solver, validate=lambda m: {"map_iou": next(scores)})
 
     def interrupt(model):
         os.kill(os.getpid(), signal.SIGINT)  # a real Ctrl-C: the loop stops after one iteration
         return {"map_iou": 0.3}
 
     with pytest.raises(KeyboardInterrupt):
-        train(tmp_path / "b", data, SOLVER, validate=interrupt)
+        train(tmp_path / "b", data, solver, validate=interrupt)
     stopped = read_checkpoint(tmp_path / "b" / "checkpoint.pth")
     assert stopped["iteration"] == 6 and not (tmp_path / "b" / "model_final.pth").exists()
     scores = iter([0.5, 0.6])
-    resumed = train(tmp_path / "b", data, SOLVER, validate=lambda m: {"map_iou": next(scores)})
+    resumed = train(tmp_path / "b", data, solver, validate=lambda m: {"map_iou": next(scores)})
+    group = read_checkpoint(tmp_path / "b" / "checkpoint.pth")["optimizer"]["param_groups"][0]
+    assert ("betas" in group) == (optimizer == "adamw")  # the optimizer asked for, resumed
     for key, value in straight.state_dict().items():
         assert torch.equal(value, resumed.state_dict()[key]), key
     log, reference = metrics(tmp_path / "b"), metrics(tmp_path / "a")

@@ -2,16 +2,18 @@
 U-Net that learns one image."""
 
 import numpy as np
+import pytest
 import torch
 
 from pipeline.config import FlowUNetConfig, load_config
+from pipeline.core.errors import CellpipeError
 from pipeline.core.flows import FLOW_SCALE, label_flows
 from pipeline.core.instances import instance_boxes_and_crops
 from pipeline.core.metrics import map_iou
 from pipeline.core.postprocess import ClassThresholds, Thresholds, postprocess_image
 from pipeline.models import build_model
 from pipeline.models.base import Instances
-from pipeline.models.flow_unet import flow_targets, maps_to_predictions
+from pipeline.models.flow_unet import FlowUNetModel, flow_targets, image_maps, maps_to_predictions
 
 
 def discs(shape, centres, radius):
@@ -98,3 +100,25 @@ def test_a_tiny_unet_learns_an_image_and_predicts_in_its_pixels():
     model.scale = 0.5
     (half,) = model.predict([image])
     assert half.shape == (48, 56) and all((b[2:] <= (56, 48)).all() for b in half.boxes)
+
+
+def test_fold_models_combine_into_one_that_averages_their_maps():
+    cfg = load_config(overrides=["model.flow_unet.channels=[8,16]"]).model
+    folds = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        folds.append(build_model(cfg, ["a", "b"], "flow_unet").eval())
+    assert FlowUNetModel.combine(folds[:1]) == folds[:1]
+    (ensemble,) = FlowUNetModel.combine(folds)
+    image = torch.rand(1, 30, 44)
+    maps = [image_maps(model.net, image) for model in folds]
+    assert not torch.allclose(maps[0], maps[1])
+    mean = ((maps[0] + maps[1]) / 2).numpy()
+    (got,) = ensemble.predict([image])
+    want = maps_to_predictions(mean, cfg.flow_unet)
+    assert len(got) == len(want) > 0
+    np.testing.assert_array_equal(got.boxes, want.boxes)
+    np.testing.assert_allclose(got.scores, want.scores, atol=1e-5)
+    other = build_model(cfg, ["a"], "flow_unet")
+    with pytest.raises(CellpipeError, match="one config and classes"):
+        FlowUNetModel.combine([folds[0], other])

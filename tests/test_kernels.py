@@ -294,7 +294,8 @@ def test_training_notebook_fine_tunes_from_the_bundle(built, project, tmp_path, 
     for k in (0, 1):
         saved = read_checkpoint(out / "finetune" / "maskrcnn" / f"fold{k}" / "model_best.pth")
         assert saved["iteration"] == 2 and saved["family"] == "maskrcnn"
-        network = {k: v for k, v in saved["model_config"].items() if k not in ("thresholds", "grid")}
+        tuning = ("thresholds", "grid")
+        network = {k: v for k, v in saved["model_config"].items() if k not in tuning}
         assert network == block
     thresholds = json.loads((out / "thresholds.json").read_text())
     assert thresholds["cv"]["images"] == 6  # every training image predicted out of fold

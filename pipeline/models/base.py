@@ -83,6 +83,13 @@ class CellModel(nn.Module):
         labels 1..C (model classes), scores in [0, 1] (higher: more certain)."""
         raise NotImplementedError
 
+    @classmethod
+    def combine(cls, models: Sequence[CellModel]) -> list[CellModel]:
+        """The models inference runs for several checkpoints of this family (the folds): by
+        default each alone, their instances merged by mask voting; a family may return one model
+        that averages their outputs instead."""
+        return list(models)
+
     def import_state(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """A foreign state dict (another framework's names) renamed to this model's keys."""
         return state

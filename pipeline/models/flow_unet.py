@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.config import FlowUNetConfig
+from pipeline.core.errors import CellpipeError
 from pipeline.core.flows import FLOW_SCALE, flow_error, label_flows, masks_from_flows
 from pipeline.core.instances import instance_boxes_and_crops
 from pipeline.core.predictions import ImagePredictions, quantise
@@ -114,19 +115,15 @@ class FlowUNetModel(CellModel):
     def target_maker(cfg: FlowUNetConfig):
         return flow_targets
 
-    def _batch(self, images: Sequence[torch.Tensor]) -> tuple[torch.Tensor, int, int]:
-        """Normalised images padded to one size divisible by the U-Net's stride."""
-        stride = self.net.stride
-        height = max(int(im.shape[-2]) for im in images)
-        width = max(int(im.shape[-1]) for im in images)
-        padded_h, padded_w = -(-height // stride) * stride, -(-width // stride) * stride
-        batch = [_pad_to(normalise(im[None]), padded_h, padded_w) for im in images]
-        return torch.cat(batch), padded_h, padded_w
+    @classmethod
+    def combine(cls, models: Sequence[CellModel]) -> list[CellModel]:
+        """Several fold models as one that averages their maps before masks are recovered."""
+        return [FlowUNetEnsemble(models)] if len(models) > 1 else list(models)
 
     def forward(
         self, images: list[torch.Tensor], targets: list[dict[str, torch.Tensor]]
     ) -> dict[str, torch.Tensor]:
-        batch, height, width = self._batch(images)
+        batch, height, width = _normalised_batch(images, self.net.stride)
         out = self.net(batch)
         ones = [torch.ones(im.shape[-2:], device=batch.device) for im in images]
         valid = torch.stack([_pad_to(one, height, width) for one in ones])
@@ -150,19 +147,61 @@ class FlowUNetModel(CellModel):
     def predict(self, images: Sequence[torch.Tensor]) -> list[ImagePredictions]:
         """Per image: the network's maps at `scale`, resized back to the image's pixels, then
         masks from the flows, each cropped to its box with the cell probability inside it."""
+        return [
+            maps_to_predictions(image_maps(self.net, im, self.scale).cpu().numpy(), self.cfg)
+            for im in images
+        ]
+
+
+class FlowUNetEnsemble(CellModel):
+    """Fold models of one configuration as one model: the mean of their maps (cell logits,
+    flows, class logits), masks recovered once. Every image then gets as many predictions as
+    out-of-fold images get from their single fold model, so thresholds tuned out-of-fold mean
+    the same on the test images (merging each fold's instances would not: where folds disagree,
+    scores split and spurious pieces add up)."""
+
+    family = "flow_unet"
+
+    def __init__(self, models: Sequence[CellModel]):
+        first = models[0]
+        super().__init__(first.cfg, first.classes, first.scale)
+        for model in models[1:]:
+            if model.classes != first.classes or model.cfg != first.cfg:
+                raise CellpipeError("flow_unet models of one ensemble need one config and classes")
+        self.nets = nn.ModuleList(model.net for model in models)
+
+    @torch.no_grad()
+    def predict(self, images: Sequence[torch.Tensor]) -> list[ImagePredictions]:
+        """Per image: the mean of every network's maps at `scale`, then masks as one model."""
         out = []
         for image in images:
-            height, width = (int(s) for s in image.shape[-2:])
-            x = image[None].float()
-            if self.scale != 1.0:
-                x = F.interpolate(x, scale_factor=self.scale, mode="bilinear", antialias=True)
-            batch, _, _ = self._batch([x[0]])
-            maps = self.net(batch)[..., : x.shape[-2], : x.shape[-1]]
-            if maps.shape[-2:] != (height, width):
-                maps = F.interpolate(maps, (height, width), mode="bilinear")
-                maps[:, 1:3] /= self.scale  # flows in the image's own pixels
-            out.append(maps_to_predictions(maps[0].float().cpu().numpy(), self.cfg))
+            maps = torch.stack([image_maps(net, image, self.scale) for net in self.nets]).mean(0)
+            out.append(maps_to_predictions(maps.cpu().numpy(), self.cfg))
         return out
+
+
+def _normalised_batch(images: Sequence[torch.Tensor], stride: int) -> tuple[torch.Tensor, int, int]:
+    """Normalised images padded to one size divisible by `stride`, and that size."""
+    height = max(int(im.shape[-2]) for im in images)
+    width = max(int(im.shape[-1]) for im in images)
+    padded_h, padded_w = -(-height // stride) * stride, -(-width // stride) * stride
+    batch = [_pad_to(normalise(im[None]), padded_h, padded_w) for im in images]
+    return torch.cat(batch), padded_h, padded_w
+
+
+@torch.no_grad()
+def image_maps(net: UNet, image: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+    """float32 maps (3 + C, H, W) of one image (C, H, W) seen at `scale`, in its own pixels."""
+    height, width = (int(s) for s in image.shape[-2:])
+    x = image[None].float()
+    if scale != 1.0:
+        x = F.interpolate(x, scale_factor=scale, mode="bilinear", antialias=True)
+    batch, _, _ = _normalised_batch([x[0]], net.stride)
+    maps = net(batch)[..., : x.shape[-2], : x.shape[-1]]
+    if maps.shape[-2:] != (height, width):
+        maps = F.interpolate(maps, (height, width), mode="bilinear")
+        maps[:, 1:3] /= scale  # flows in the image's own pixels
+    return maps[0].float()
 
 
 def maps_to_predictions(maps: np.ndarray, cfg: FlowUNetConfig) -> ImagePredictions:
@@ -180,7 +219,8 @@ def maps_to_predictions(maps: np.ndarray, cfg: FlowUNetConfig) -> ImagePredictio
         n_iter=cfg.n_iter,
     )
     prob = 1 / (1 + np.exp(-logits))
-    class_prob = maps[3:]
+    class_logits = maps[3:] - maps[3:].max(axis=0, initial=0.0)
+    class_prob = np.exp(class_logits) / np.exp(class_logits).sum(axis=0)
     ids, boxes, crops = instance_boxes_and_crops(labels)
     errors = flow_error(labels, flows)[ids - 1] if len(ids) else np.zeros(0)
     masks, scores, classes = [], [], []

@@ -16,7 +16,7 @@ from pipeline.config import Config
 from pipeline.core.errors import CellpipeError
 
 
-def test_checkpoints(cfg: Config) -> dict[str, list[Path]]:
+def inference_checkpoints(cfg: Config) -> dict[str, list[Path]]:
     """Test models per trained family: `predict.checkpoints` (by the family each records),
     else every fold's best model."""
     from pipeline.models import family_class
@@ -100,7 +100,9 @@ def predict_family(cfg: Config, family: str, checkpoints: list[Path]) -> None:
                 raise CellpipeError(f"no test images in {layout.coco_test}")
             category_ids = {c["name"]: c["id"] for c in test["categories"]}
             if trainable:
-                models = [load_model(p, device, cfg.model) for p in checkpoints]
+                models = family_class(family).combine(
+                    [load_model(p, device, cfg.model) for p in checkpoints]
+                )
             else:
                 models = untrained(test["categories"])
             preds = predict_images(
@@ -114,7 +116,7 @@ def main(cfg: Config, args: argparse.Namespace) -> None:
     from pipeline.runner import run_stage
 
     layout = cfg.layout
-    checkpoints = test_checkpoints(cfg) if "test" in cfg.predict.splits else {}
+    checkpoints = inference_checkpoints(cfg) if "test" in cfg.predict.splits else {}
     for family in cfg.families:
         run_stage(
             f"predict_{family}",

@@ -1,12 +1,12 @@
 """The training loop: one plain function, read top to bottom.
 
 `fit` resumes from the run folder's `checkpoint.pth` (model, optimizer, scheduler, loss scaler,
-every process's RNG, iteration, best score) or starts from initial weights; then trains with SGD,
-warmup and step/cosine decay, gradient clipping, AMP on CUDA and DDP under `torchrun`; validates
-every `eval_period` iterations and keeps the best model; checkpoints every `checkpoint_period`
-iterations and when stopped by Ctrl-C / SIGTERM (at the end of the running iteration); stops on a
-non-finite loss, keeping the last good checkpoint. Run folder: checkpoint.pth, model_best.pth,
-model_final.pth, metrics.jsonl (one JSON object per line).
+every process's RNG, iteration, best score) or starts from initial weights; then trains with SGD
+or AdamW, warmup and step/cosine decay, gradient clipping, AMP on CUDA and DDP under `torchrun`;
+validates every `eval_period` iterations and keeps the best model; checkpoints every
+`checkpoint_period` iterations and when stopped by Ctrl-C / SIGTERM (at the end of the running
+iteration); stops on a non-finite loss, keeping the last good checkpoint. Run folder:
+checkpoint.pth, model_best.pth, model_final.pth, metrics.jsonl (one JSON object per line).
 """
 
 from __future__ import annotations
@@ -148,6 +148,20 @@ def _all_true(ctx: Context, *flags: bool) -> list[bool]:
     return [v == 0 for v in t.tolist()]
 
 
+def build_optimizer(solver: SolverConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+    """The solver's optimizer over `params`: SGD with momentum, or AdamW with beta1 = momentum."""
+    if solver.optimizer == "adamw":
+        return torch.optim.AdamW(
+            params,
+            lr=solver.base_lr,
+            betas=(solver.momentum, 0.999),
+            weight_decay=solver.weight_decay,
+        )
+    return torch.optim.SGD(
+        params, lr=solver.base_lr, momentum=solver.momentum, weight_decay=solver.weight_decay
+    )
+
+
 def fit(
     model: nn.Module,
     dataset: CocoInstances,
@@ -168,9 +182,7 @@ def fit(
     metrics_path = run_dir / "metrics.jsonl"
     model.to(ctx.device)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(
-        params, lr=solver.base_lr, momentum=solver.momentum, weight_decay=solver.weight_decay
-    )
+    optimizer = build_optimizer(solver, params)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: lr_factor(solver, i))
     amp = solver.amp and ctx.device.type == "cuda"
     amp_dtype = getattr(torch, solver.amp_dtype)
