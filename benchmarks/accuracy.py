@@ -11,7 +11,8 @@ candidate `tune` considered (each family alone, the weighted ensemble):
   tuned, and the tuned held-out score minus the watershed floor's,
 
 then each stage's wall time, and each family's prediction time for one 520x704 image (a real
-test image, mirrored to the competition size) with one model and no TTA, on this machine's CPU.
+test image, mirrored to the competition size) with one model and no `predict.tta` (its own
+map-level views, and one view), on this machine's CPU.
 Thresholds and weights are chosen on out-of-fold predictions only.
 """
 
@@ -48,7 +49,8 @@ def run_stages(settings: list[str]) -> dict[str, float]:
 
 def predict_seconds(settings: list[str], repeats: int = 3) -> dict[str, float]:
     """Per family of `predict.models`: median seconds to predict one 520x704 image (fold 0's
-    model, or the untrained family), after one warm-up call."""
+    model, or the untrained family) as configured, after one warm-up call; for a family with
+    map-level TTA views (`map_tta`), also with one view ("<family> one view")."""
     import numpy as np
     import torch
 
@@ -71,17 +73,23 @@ def predict_seconds(settings: list[str], repeats: int = 3) -> dict[str, float]:
     out = {}
     with torch.inference_mode():
         for family in cfg.families:
-            if family_class(family).trainable:
-                model = load_model(cfg.layout.finetune_model(family, 0), "cpu", cfg.model)
-            else:
-                model = build_model(cfg.model, classes, family).eval()
-            model.predict([tensor])  # warm-up: numba compilation, allocator
-            times = []
-            for _ in range(repeats):
-                start = time.perf_counter()
-                model.predict([tensor])
-                times.append(time.perf_counter() - start)
-            out[family] = sorted(times)[len(times) // 2]
+            variants = {family: cfg}
+            if len(getattr(cfg.model.block(family), "map_tta", [])) > 1:
+                one_view = [*overrides, f"model.{family}.map_tta=[none]"]
+                variants[f"{family} one view"] = load_config(config_path, one_view)
+            for name, variant in variants.items():
+                if family_class(family).trainable:
+                    path = variant.layout.finetune_model(family, 0)
+                    model = load_model(path, "cpu", variant.model)
+                else:
+                    model = build_model(variant.model, classes, family).eval()
+                model.predict([tensor])  # warm-up: numba compilation, allocator
+                times = []
+                for _ in range(repeats):
+                    start = time.perf_counter()
+                    model.predict([tensor])
+                    times.append(time.perf_counter() - start)
+                out[name] = sorted(times)[len(times) // 2]
     return out
 
 
@@ -136,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"total {sum(times.values()) / 60:.1f} min")
     seconds = predict_seconds(settings)
     print(
-        "predict one 520x704 image, one model, no TTA: "
+        "predict one 520x704 image, one model, no predict.tta: "
         + ", ".join(f"{family} {t:.2f} s" for family, t in seconds.items())
     )
     return 0

@@ -15,6 +15,9 @@ from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from pipeline.core.errors import CellpipeError
 
+# the eight symmetries of the square, as pipeline.core.ensemble.VIEWS names them
+View = Literal["none", "hflip", "vflip", "hvflip", "transpose", "rot90", "rot270", "antitranspose"]
+
 RleOrder = Literal["row", "column"]
 
 
@@ -166,6 +169,9 @@ class FlowUNetConfig(Section):
     # the tuned `mask` threshold trims each cell)
     min_size: int = 5  # px: smaller groups of converging pixels are dropped before tuning
     n_iter: int = 200  # flow-following steps
+    # map-level TTA: views (pipeline.core.ensemble.VIEWS) whose maps are averaged before masks
+    # are recovered, flows turned back with the image (predict.tta merges instances instead)
+    map_tta: list[View] = ["none"]
     # out-of-fold tuning on the synthetic and the real-cell data agreed on these
     thresholds: ThresholdsConfig = ThresholdsConfig(score=0.6, mask=0.4, min_area=15, max_error=0.8)
     grid: GridConfig = GridConfig(
@@ -312,9 +318,7 @@ class PredictConfig(Section):
 
     splits: list[Literal["oof", "test"]] = ["oof", "test"]
     models: list[str] = []  # families whose predictions are combined; empty: [model.family]
-    tta: list[
-        Literal["none", "hflip", "vflip", "hvflip", "transpose", "rot90", "rot270", "antitranspose"]
-    ] = ["none", "hflip"]  # views of each image (pipeline.core.ensemble.VIEWS)
+    tta: list[View] = ["none", "hflip"]  # views of each image (pipeline.core.ensemble.VIEWS)
     scales: list[float] = [1.0]  # multi-scale TTA: each multiplies model.scale for one pass
     checkpoints: list[Path] = []  # test models (any family); empty: every fold's best model
     merge_iou: float = 0.55  # box IoU above which detections of two views are one instance

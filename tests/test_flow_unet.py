@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from pipeline.config import FlowUNetConfig, load_config
+from pipeline.core.ensemble import VIEWS
 from pipeline.core.errors import CellpipeError
 from pipeline.core.flows import FLOW_SCALE, label_flows
 from pipeline.core.instances import instance_boxes_and_crops
@@ -13,7 +14,14 @@ from pipeline.core.metrics import map_iou
 from pipeline.core.postprocess import ClassThresholds, Thresholds, postprocess_image
 from pipeline.models import build_model
 from pipeline.models.base import Instances
-from pipeline.models.flow_unet import FlowUNetModel, flow_targets, image_maps, maps_to_predictions
+from pipeline.models.flow_unet import (
+    FlowUNetModel,
+    flow_targets,
+    image_maps,
+    maps_to_predictions,
+    unview_maps,
+)
+from pipeline.models.inference import view_tensor
 
 
 def discs(shape, centres, radius):
@@ -122,3 +130,15 @@ def test_fold_models_combine_into_one_that_averages_their_maps():
     other = build_model(cfg, ["a"], "flow_unet")
     with pytest.raises(CellpipeError, match="one config and classes"):
         FlowUNetModel.combine([folds[0], other])
+
+
+@pytest.mark.parametrize("view", list(VIEWS))
+def test_maps_of_a_view_turn_back_into_the_maps_of_the_image(view):
+    centres = [(12, 13), (27, 33), (30, 12)]
+    labels = discs((40, 52), centres, 8)
+    seen = view_tensor(torch.from_numpy(labels)[None], view)[0].numpy()
+    back = unview_maps(torch.from_numpy(ideal_maps(seen, [1, 2, 1])), view).numpy()
+    off_centre = np.ones(labels.shape, bool)  # a centre's flow has no direction (any will do)
+    off_centre[tuple(np.transpose(centres))] = False
+    want = ideal_maps(labels, [1, 2, 1])
+    np.testing.assert_allclose(back[:, off_centre], want[:, off_centre], atol=1e-5)

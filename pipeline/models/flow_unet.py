@@ -18,11 +18,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.config import FlowUNetConfig
+from pipeline.core.ensemble import VIEWS
 from pipeline.core.errors import CellpipeError
 from pipeline.core.flows import FLOW_SCALE, flow_error, label_flows, masks_from_flows
 from pipeline.core.instances import instance_boxes_and_crops
 from pipeline.core.predictions import ImagePredictions, quantise
 from pipeline.models.base import CellModel, Instances, register
+from pipeline.models.inference import view_tensor
 
 
 def normalise(images: torch.Tensor, low: float = 0.01, high: float = 0.99) -> torch.Tensor:
@@ -145,10 +147,11 @@ class FlowUNetModel(CellModel):
 
     @torch.no_grad()
     def predict(self, images: Sequence[torch.Tensor]) -> list[ImagePredictions]:
-        """Per image: the network's maps at `scale`, resized back to the image's pixels, then
-        masks from the flows, each cropped to its box with the cell probability inside it."""
+        """Per image: the network's maps at `scale` (averaged over the views of `map_tta`),
+        resized back to the image's pixels, then masks from the flows, each cropped to its box
+        with the cell probability inside it."""
         return [
-            maps_to_predictions(image_maps(self.net, im, self.scale).cpu().numpy(), self.cfg)
+            maps_to_predictions(mean_maps([self.net], im, self.scale, self.cfg.map_tta), self.cfg)
             for im in images
         ]
 
@@ -172,12 +175,11 @@ class FlowUNetEnsemble(CellModel):
 
     @torch.no_grad()
     def predict(self, images: Sequence[torch.Tensor]) -> list[ImagePredictions]:
-        """Per image: the mean of every network's maps at `scale`, then masks as one model."""
-        out = []
-        for image in images:
-            maps = torch.stack([image_maps(net, image, self.scale) for net in self.nets]).mean(0)
-            out.append(maps_to_predictions(maps.cpu().numpy(), self.cfg))
-        return out
+        """Per image: the mean of every network's maps (and views), then masks as one model."""
+        return [
+            maps_to_predictions(mean_maps(self.nets, im, self.scale, self.cfg.map_tta), self.cfg)
+            for im in images
+        ]
 
 
 def _normalised_batch(images: Sequence[torch.Tensor], stride: int) -> tuple[torch.Tensor, int, int]:
@@ -202,6 +204,33 @@ def image_maps(net: UNet, image: torch.Tensor, scale: float = 1.0) -> torch.Tens
         maps = F.interpolate(maps, (height, width), mode="bilinear")
         maps[:, 1:3] /= scale  # flows in the image's own pixels
     return maps[0].float()
+
+
+def unview_maps(maps: torch.Tensor, view: str) -> torch.Tensor:
+    """Maps (3 + C, H, W) made on `view` of an image, in the image's pixels and directions: a
+    flip negates the flow component along its axis, a transpose swaps dy and dx."""
+    transpose, horizontal, vertical = VIEWS[view]
+    dims = [d for d, flip in ((-1, horizontal), (-2, vertical)) if flip]
+    maps = maps.flip(dims) if dims else maps.clone()
+    if horizontal:
+        maps[2] = -maps[2]
+    if vertical:
+        maps[1] = -maps[1]
+    if transpose:
+        maps = maps.transpose(-1, -2)[[0, 2, 1, *range(3, maps.shape[0])]]
+    return maps
+
+
+def mean_maps(
+    nets: Sequence[UNet], image: torch.Tensor, scale: float, views: Sequence[str]
+) -> np.ndarray:
+    """float32 mean maps (3 + C, H, W) of every network under every view of one image."""
+    maps = [
+        unview_maps(image_maps(net, view_tensor(image, view), scale), view)
+        for net in nets
+        for view in views
+    ]
+    return torch.stack(maps).mean(0).cpu().numpy()
 
 
 def maps_to_predictions(maps: np.ndarray, cfg: FlowUNetConfig) -> ImagePredictions:
