@@ -40,16 +40,18 @@ from pipeline.training.data import (
 )
 
 
-def competition_coco(cfg: Config, overrides: list[str]) -> tuple[Config, dict]:
-    """The config's train.json, or the embedded synthetic data built in a temporary folder."""
+def competition_coco(config: str, overrides: list[str]) -> tuple[Config, dict]:
+    """The config and its train.json, or the embedded synthetic data built in a temporary folder
+    (the config's settings kept)."""
+    cfg = load_config(config, overrides)
     if cfg.layout.coco_train.is_file():
         return cfg, read_json(cfg.layout.coco_train)
     work = Path(tempfile.mkdtemp(prefix="cellpipe-bench-"))
     args = [f"work_dir={work}", "data_dir=null", *overrides]
     for stage in ("prepare", "convert"):
-        if cli.main([stage, *args]) != 0:
+        if cli.main([stage, "--config", config, *args]) != 0:
             raise SystemExit(f"could not build the synthetic data ({stage} failed)")
-    cfg = load_config(None, args)
+    cfg = load_config(config, args)
     return cfg, read_json(cfg.layout.coco_train)
 
 
@@ -116,7 +118,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10, help="timed train steps")
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value")
     args = parser.parse_args()
-    cfg, coco = competition_coco(load_config(args.config, args.overrides), args.overrides)
+    cfg, coco = competition_coco(args.config, args.overrides)
     train, device = cfg.finetune, torch.device(args.device)
     mapping = ClassMapping.from_categories(coco["categories"])
     records, _ = load_records(coco, cfg.data, mapping)
