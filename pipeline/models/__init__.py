@@ -14,6 +14,9 @@ registered with `@register`, configured by the block `model.<name>` of `pipeline
   with scores and model labels, in the image's own pixels); a family whose natural output is a
   label image converts to that. TTA, fold and family ensembles, tuning and overlap removal all
   work on these.
+- `Family.combine(models)`: the models inference runs for several checkpoints of the family (the
+  folds); by default each alone, their instances merged by mask voting (a flow U-Net returns one
+  model averaging their maps).
 - `class_heads`: state-dict key prefixes whose shapes follow the number of classes (re-initialised
   when weights come from other classes); `import_state`: renames a foreign state dict.
 - `trainable = False` for a family without weights (a classical method): it is built from its
