@@ -47,7 +47,7 @@ def run_stages(settings: list[str]) -> dict[str, float]:
     return times
 
 
-def predict_seconds(settings: list[str], repeats: int = 3) -> dict[str, float]:
+def predict_seconds(config: Path, overrides: list[str], repeats: int = 3) -> dict[str, float]:
     """Per family of `predict.models`: median seconds to predict one 520x704 image (fold 0's
     model, or the untrained family) as configured, after one warm-up call; for a family with
     map-level TTA views (`map_tta`), also with one view ("<family> one view")."""
@@ -60,8 +60,7 @@ def predict_seconds(settings: list[str], repeats: int = 3) -> dict[str, float]:
     from pipeline.models.base import image_to_tensor
     from pipeline.models.checkpoints import load_model
 
-    config_path, overrides = settings[1], settings[2:]
-    cfg = load_config(config_path, overrides)
+    cfg = load_config(config, overrides)
     test = read_json(cfg.layout.coco_test)
     first = test["images"][0]
     image = read_image_checked(cfg.data / first["file_name"], (first["height"], first["width"]))
@@ -76,7 +75,7 @@ def predict_seconds(settings: list[str], repeats: int = 3) -> dict[str, float]:
             variants = {family: cfg}
             if len(getattr(cfg.model.block(family), "map_tta", [])) > 1:
                 one_view = [*overrides, f"model.{family}.map_tta=[none]"]
-                variants[f"{family} one view"] = load_config(config_path, one_view)
+                variants[f"{family} one view"] = load_config(config, one_view)
             for name, variant in variants.items():
                 if family_class(family).trainable:
                     path = variant.layout.finetune_model(family, 0)
@@ -126,15 +125,13 @@ def main(argv: list[str] | None = None) -> int:
         import realdata
 
         print(realdata.build(args.data, realdata.DEFAULT_CACHE, []))
-    settings = [
-        "--config",
-        str(args.config),
+    overrides = [
         f"work_dir={args.work}",
         f"data_dir={args.data}",
         f"score.ledger={args.work / 'leaderboard.jsonl'}",
         *args.overrides,
     ]
-    times = run_stages(settings)
+    times = run_stages(["--config", str(args.config), *overrides])
     thresholds = json.loads((args.work / "thresholds.json").read_text())
     n_test = len(list((args.data / "test").glob("*.png")))
     print(f"\naccuracy: {args.config.name} on {args.data} ({n_test} held-out images)")
@@ -142,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         print(score_table(thresholds).to_string(index=False))
     print("\nwall time: " + ", ".join(f"{s} {t:.0f} s" for s, t in times.items()))
     print(f"total {sum(times.values()) / 60:.1f} min")
-    seconds = predict_seconds(settings)
+    seconds = predict_seconds(args.config, overrides)
     print(
         "predict one 520x704 image, one model, no predict.tta: "
         + ", ".join(f"{family} {t:.2f} s" for family, t in seconds.items())

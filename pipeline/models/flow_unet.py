@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.special import softmax
 from torch import nn
 
 from pipeline.config import FlowUNetConfig
@@ -150,10 +151,7 @@ class FlowUNetModel(CellModel):
         """Per image: the network's maps at `scale` (averaged over the views of `map_tta`),
         resized back to the image's pixels, then masks from the flows, each cropped to its box
         with the cell probability inside it."""
-        return [
-            maps_to_predictions(mean_maps([self.net], im, self.scale, self.cfg.map_tta), self.cfg)
-            for im in images
-        ]
+        return predict_with([self.net], images, self.scale, self.cfg)
 
 
 class FlowUNetEnsemble(CellModel):
@@ -176,10 +174,7 @@ class FlowUNetEnsemble(CellModel):
     @torch.no_grad()
     def predict(self, images: Sequence[torch.Tensor]) -> list[ImagePredictions]:
         """Per image: the mean of every network's maps (and views), then masks as one model."""
-        return [
-            maps_to_predictions(mean_maps(self.nets, im, self.scale, self.cfg.map_tta), self.cfg)
-            for im in images
-        ]
+        return predict_with(self.nets, images, self.scale, self.cfg)
 
 
 def _normalised_batch(images: Sequence[torch.Tensor], stride: int) -> tuple[torch.Tensor, int, int]:
@@ -224,13 +219,21 @@ def unview_maps(maps: torch.Tensor, view: str) -> torch.Tensor:
 def mean_maps(
     nets: Sequence[UNet], image: torch.Tensor, scale: float, views: Sequence[str]
 ) -> np.ndarray:
-    """float32 mean maps (3 + C, H, W) of every network under every view of one image."""
-    maps = [
+    """float32 mean maps (3 + C, H, W) of every network under every view of one image, summed
+    as they come (one map set in memory besides the sum, however many folds and views)."""
+    maps = (
         unview_maps(image_maps(net, view_tensor(image, view), scale), view)
         for net in nets
         for view in views
-    ]
-    return torch.stack(maps).mean(0).cpu().numpy()
+    )
+    return (sum(maps) / (len(nets) * len(views))).cpu().numpy()
+
+
+def predict_with(
+    nets: Sequence[UNet], images: Sequence[torch.Tensor], scale: float, cfg: FlowUNetConfig
+) -> list[ImagePredictions]:
+    """Per image: masks from the mean maps of `nets` under the views of `cfg.map_tta`."""
+    return [maps_to_predictions(mean_maps(nets, im, scale, cfg.map_tta), cfg) for im in images]
 
 
 def maps_to_predictions(maps: np.ndarray, cfg: FlowUNetConfig) -> ImagePredictions:
@@ -248,8 +251,7 @@ def maps_to_predictions(maps: np.ndarray, cfg: FlowUNetConfig) -> ImagePredictio
         n_iter=cfg.n_iter,
     )
     prob = 1 / (1 + np.exp(-logits))
-    class_logits = maps[3:] - maps[3:].max(axis=0, initial=0.0)
-    class_prob = np.exp(class_logits) / np.exp(class_logits).sum(axis=0)
+    class_prob = softmax(maps[3:], axis=0)
     ids, boxes, crops = instance_boxes_and_crops(labels)
     errors = flow_error(labels, flows)[ids - 1] if len(ids) else np.zeros(0)
     masks, scores, classes = [], [], []
