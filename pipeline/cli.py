@@ -29,6 +29,7 @@ COMMANDS = {
     "kernels": "offline Kaggle bundle, inference and training notebooks",
     "push": "upload the bundle and kernels to Kaggle, submit the inference",
     "models": "the registered model families",
+    "import-weights": "detectron2 / LIVECell / torchvision weights -> an `init` file for maskrcnn",
 }
 
 
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     command = argv[0]
     # only the chosen command's module is imported; its own arguments come before the overrides,
     # and options may stand anywhere (`validate FILE --config C key=value`)
-    module = importlib.import_module(f"pipeline.stages.{command}")
+    module = importlib.import_module(f"pipeline.stages.{command.replace('-', '_')}")
     sub = commands[command]
     if hasattr(module, "add_arguments"):
         module.add_arguments(sub)

@@ -112,6 +112,8 @@ class MaskRCNNConfig(Section):
     norm: Literal["frozen_bn", "bn", "gn"] = "frozen_bn"  # backbone normalisation: frozen_bn
     # with pretrained (ImageNet / COCO) weights; gn (group norm) to train from random weights
     trainable_layers: int = 5  # backbone stages trained, 0-5 (5: all, needed from random weights)
+    stride_in_1x1: bool = False  # stride a stage in its first 1x1 convolution, not the 3x3
+    # (detectron2's MSRA ResNets, hence its and LIVECell's model zoo: see `import-weights`)
     fpn_channels: int = 256  # channels of every FPN level and of the RPN / mask heads' input
     box_head_dim: int = 1024  # width of the box head's two fully connected layers
     mask_head_channels: int = 256  # channels of the mask head's four convolutions
@@ -274,6 +276,8 @@ class AugmentConfig(Section):
     contrast: float = 0.1  # factor drawn from [1 - c, 1 + c] about the image mean
     scale_range: tuple[float, float] = (0.8, 1.25)  # scale jitter on top of model.scale
     crop: tuple[int, int] | None = None  # (height, width) random crop after scaling; None: all
+    crop_on_instance: float = 0.0  # fraction of crops centred near a random instance (sparse
+    # images: a wide field with a few cells otherwise gives mostly empty crops)
 
 
 class TrainConfig(Section):

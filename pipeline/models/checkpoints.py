@@ -3,20 +3,31 @@
 A cellpipe checkpoint is a dict with `model` (the state dict), `family`, `model_config` (the
 family's config block), `classes`, and what training adds (iteration, best score, optimizer...).
 Checkpoints written before families existed (a flat Mask R-CNN `model_config`) read as family
-`maskrcnn`. Files are loaded with `weights_only=True`: tensors and plain data, never code.
+`maskrcnn`. Files are loaded with `weights_only=True` (`.pkl` model-zoo files with an unpickler
+that only rebuilds arrays): tensors and plain data, never code. Foreign weights (torchvision,
+detectron2, LIVECell) go through pipeline.models.foreign_weights.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from pipeline.config import MaskRCNNConfig, ModelConfig
 from pipeline.core.errors import CellpipeError
 from pipeline.models import CellModel, build_model
+from pipeline.models.foreign_weights import (
+    as_state_dict,
+    detectron2_settings,
+    detectron2_to_torchvision,
+    is_detectron2,
+    read_pickle_arrays,
+)
 
 
 def read_checkpoint(path: Path | str) -> dict[str, Any]:
@@ -24,6 +35,11 @@ def read_checkpoint(path: Path | str) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise CellpipeError(f"missing weights file: {path}")
+    if path.suffix == ".pkl":
+        obj = read_pickle_arrays(path)
+        if not isinstance(obj, dict):
+            raise CellpipeError(f"{path}: expected a dict of arrays")
+        return obj
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
@@ -99,13 +115,62 @@ def load_weights(model: CellModel, path: Path | str) -> str:
         model.load_state_dict(state, strict=False)
         heads = "kept" if same_classes else f"new (classes {obj.get('classes')} -> {model.classes})"
         return f"weights from {path} (iteration {obj.get('iteration', '?')}), class heads {heads}"
-    state = model.import_state(obj.get("state_dict", obj))
-    for key in [k for k, v in state.items() if k in own and v.shape != own[k].shape]:
+    state, settings = foreign_state(obj, path)
+    state = model.import_state(state)
+    _check_settings(model, settings.get(model.family, {}), path)
+    differ = [k for k, v in state.items() if k in own and v.shape != own[k].shape]
+    for key in differ:
         del state[key]  # in place: the file's version metadata lets torchvision rename old keys
     missing = model.load_state_dict(state, strict=False).missing_keys
     if len(missing) == len(own):
         raise CellpipeError(f"no tensor in {path} matches the {model.family} model")
-    return f"weights from {path}: {len(own) - len(missing)} of {len(own)} tensors"
+    summary = f"weights from {path}: {len(own) - len(missing)} of {len(own)} tensors"
+    if differ:
+        summary += f"; new, as shapes differ: {', '.join(differ[:4])}"
+        summary += f" (+{len(differ) - 4} more)" if len(differ) > 4 else ""
+    return summary
+
+
+def foreign_state(
+    obj: dict[str, Any], path: Path | str
+) -> tuple[dict[str, torch.Tensor], dict[str, dict[str, Any]]]:
+    """A foreign weights file's tensors (detectron2's renamed to torchvision's) and the
+    per-family settings they need: a `cellpipe import-weights` file records them, a detectron2
+    file gets detectron2's defaults."""
+    state = as_state_dict(obj, path)
+    settings = dict(obj.get("settings", {})) if "state_dict" in obj else {}
+    if is_detectron2(state):
+        state, _ = detectron2_to_torchvision(state)
+        settings = {"maskrcnn": detectron2_settings()}
+    return state, settings
+
+
+def differing_settings(block: Any, settings: dict[str, Any]) -> dict[str, Any]:
+    """The `settings` a family's config block does not have (numbers compared to rounding)."""
+    now = block.model_dump(mode="json")
+
+    def same(a: Any, b: Any) -> bool:
+        try:
+            return bool(np.allclose(np.asarray(a, float), np.asarray(b, float)))
+        except (TypeError, ValueError):
+            return a == b
+
+    return {k: v for k, v in settings.items() if k in now and not same(now[k], v)}
+
+
+def settings_line(family: str, settings: dict[str, Any]) -> str:
+    """`model.maskrcnn.pixel_std=[...] model.maskrcnn.stride_in_1x1=True` (overrides to pass)."""
+    return " ".join(
+        f"model.{family}.{k}={json.dumps(v, separators=(',', ':'))}" for k, v in settings.items()
+    )
+
+
+def _check_settings(model: CellModel, settings: dict[str, Any], path: Path | str) -> None:
+    """One-line error unless the model's config has the settings the weights were made with."""
+    wrong = differing_settings(model.cfg, settings)
+    if wrong:
+        needed = settings_line(model.family, wrong)
+        raise CellpipeError(f"{path} needs {needed} (the weights were trained that way)")
 
 
 def load_model(

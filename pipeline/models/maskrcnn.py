@@ -58,6 +58,11 @@ def _resnet_fpn(depth: int, cfg: MaskRCNNConfig) -> tuple[nn.Module, list[str]]:
         trained.append("bn1")
     for name, parameter in body.named_parameters():
         parameter.requires_grad_(any(name.startswith(layer) for layer in trained))
+    if cfg.stride_in_1x1:  # only bottleneck stages have a 1x1 first; their first block strides
+        for layer in (body.layer2, body.layer3, body.layer4):
+            first = layer[0]
+            if isinstance(first, resnet.Bottleneck):
+                first.conv1.stride, first.conv2.stride = first.conv2.stride, (1, 1)
     stage2 = body.inplanes // 8  # 64 for resnet18/34, 256 for resnet50
     backbone = BackboneWithFPN(
         body,
@@ -215,7 +220,8 @@ class MaskRCNNModel(CellModel):
         return out
 
     def import_state(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """torchvision Mask R-CNN weights as they are; a bare ResNet (ImageNet) as the backbone."""
+        """torchvision Mask R-CNN weights as they are (detectron2's arrive renamed to them, see
+        pipeline.models.foreign_weights); a bare ResNet (ImageNet) as the backbone."""
         if "fc.weight" in state and "layer1.0.conv1.weight" in state:
             return {f"backbone.body.{k}": v for k, v in state.items() if not k.startswith("fc.")}
         return state

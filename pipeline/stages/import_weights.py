@@ -1,0 +1,94 @@
+"""`cellpipe import-weights SRC DST`: weights from detectron2 (its model zoo, LIVECell's),
+torchvision or an ImageNet ResNet, checked against the configured `maskrcnn` model and written as
+a file for `init=DST` (its tensors in torchvision's names, and the settings they need).
+
+Files are read without running code from them (see pipeline.models.foreign_weights). The check
+loads DST into `model.maskrcnn` as configured, with the file's settings, and prints how many
+tensors fit and which are new (class heads when classes differ, RPN layers when anchors differ).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from pipeline.config import Config
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("source", type=Path, help="a .pth (detectron2, torchvision) or .pkl file")
+    parser.add_argument("dest", type=Path, help="the .pth to write, for init=DEST")
+    parser.add_argument(
+        "--classes", type=int, default=None, help="classes to check against (default: the source's)"
+    )
+    parser.add_argument(
+        "--pixel-mean",
+        type=float,
+        nargs=3,
+        default=None,
+        metavar=("B", "G", "R"),
+        help="detectron2 MODEL.PIXEL_MEAN of the source's config (default 103.53 116.28 123.675)",
+    )
+    parser.add_argument(
+        "--pixel-std",
+        type=float,
+        nargs=3,
+        default=None,
+        metavar=("B", "G", "R"),
+        help="detectron2 MODEL.PIXEL_STD (default 1 1 1; 57.375 57.12 58.395 for torchvision "
+        "ResNets)",
+    )
+    parser.add_argument(
+        "--no-stride-in-1x1",
+        action="store_true",
+        help="the source's MODEL.RESNETS.STRIDE_IN_1X1 is False (default True, MSRA ResNets)",
+    )
+
+
+def main(cfg: Config, args: argparse.Namespace) -> None:
+    import torch
+
+    from pipeline.core.errors import CellpipeError
+    from pipeline.core.fileio import atomic_path
+    from pipeline.models import build_model
+    from pipeline.models.checkpoints import (
+        differing_settings,
+        foreign_state,
+        is_cellpipe,
+        load_weights,
+        read_checkpoint,
+        settings_line,
+    )
+    from pipeline.models.foreign_weights import (
+        DETECTRON2_PIXEL_MEAN,
+        DETECTRON2_PIXEL_STD,
+        detectron2_settings,
+    )
+
+    obj = read_checkpoint(args.source)
+    if is_cellpipe(obj):
+        raise CellpipeError(
+            f"{args.source} is a cellpipe checkpoint already: use init={args.source}"
+        )
+    state, settings = foreign_state(obj, args.source)
+    if "maskrcnn" in settings:
+        settings["maskrcnn"] = detectron2_settings(
+            args.pixel_mean or DETECTRON2_PIXEL_MEAN,
+            args.pixel_std or DETECTRON2_PIXEL_STD,
+            not args.no_stride_in_1x1,
+        )
+    with atomic_path(args.dest) as tmp:
+        torch.save({"state_dict": state, "settings": settings, "source": str(args.source)}, tmp)
+    head = state.get("roi_heads.box_predictor.cls_score.weight")
+    n_classes = args.classes or (len(head) - 1 if head is not None else 1)
+    block = cfg.model.maskrcnn.model_copy(update=settings.get("maskrcnn", {}))
+    model = build_model(
+        cfg.model.model_copy(update={"maskrcnn": block}),
+        [f"class{k}" for k in range(1, n_classes + 1)],
+        "maskrcnn",
+    )
+    print(f"import-weights: {load_weights(model, args.dest)}")
+    needed = settings_line(
+        "maskrcnn", differing_settings(cfg.model.maskrcnn, settings.get("maskrcnn", {}))
+    )
+    print(f"import-weights: wrote {args.dest}; train with init={args.dest} {needed}".rstrip())
