@@ -131,6 +131,10 @@ def test_detectron2_weights_load_as_they_are_with_their_settings(tmp_path):
         CellpipeError, match=r"needs model\.maskrcnn\.pixel_std=\[0\.0039.*stride_in_1x1=true"
     ):
         load_weights(plain, tmp_path / "model_final.pth")
+    resnest = {**state, "backbone.bottom_up.res5.0.conv2.radix": torch.zeros(2)}
+    torch.save({"model": resnest}, tmp_path / "resnest.pth")
+    with pytest.raises(CellpipeError, match=r"1 detectron2 tensors .*res5\.0\.conv2\.radix"):
+        load_weights(maskrcnn(D2_LIKE, n_classes), tmp_path / "resnest.pth")
 
 
 class RunsCode:

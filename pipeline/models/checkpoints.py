@@ -140,7 +140,13 @@ def foreign_state(
     state = as_state_dict(obj, path)
     settings = dict(obj.get("settings", {})) if "state_dict" in obj else {}
     if is_detectron2(state):
-        state, _ = detectron2_to_torchvision(state)
+        state, unused = detectron2_to_torchvision(state)
+        unused = [k for k in unused if k not in ("pixel_mean", "pixel_std")]
+        if unused:
+            raise CellpipeError(
+                f"{path}: {len(unused)} detectron2 tensors have no place in an R50-FPN Mask R-CNN "
+                f"(e.g. {unused[0]}): only that architecture imports"
+            )
         settings = {"maskrcnn": detectron2_settings()}
     return state, settings
 
