@@ -42,6 +42,19 @@ $(INSTALLED): pyproject.toml
 	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev]'
 	touch $@
 
+# detectron2 has no usable release on the package index: a CPU wheel built from upstream source
+# (DETECTRON2_SRC: its git URL, or a local checkout) into .whl/, then installed with its
+# dependencies as the `detectron2` extra
+DETECTRON2_SRC ?= git+https://github.com/facebookresearch/detectron2.git
+WHEELS := .whl
+.PHONY: detectron2
+detectron2: $(INSTALLED)
+	$(BIN)/pip install -q --disable-pip-version-check 'setuptools<81' wheel
+	mkdir -p $(WHEELS)
+	FORCE_CUDA=0 $(BIN)/pip wheel -q --disable-pip-version-check --no-build-isolation --no-deps \
+		-w $(WHEELS) '$(DETECTRON2_SRC)'
+	$(BIN)/pip install -q --disable-pip-version-check --find-links $(WHEELS) -e '.[dev,detectron2]'
+
 # --- data -----------------------------------------------------------------------------------
 ifeq ($(DATA),$(WORK)/data)
 # the embedded synthetic dataset (or `prepare.source=kaggle` in the config)

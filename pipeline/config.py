@@ -276,8 +276,6 @@ class AugmentConfig(Section):
     contrast: float = 0.1  # factor drawn from [1 - c, 1 + c] about the image mean
     scale_range: tuple[float, float] = (0.8, 1.25)  # scale jitter on top of model.scale
     crop: tuple[int, int] | None = None  # (height, width) random crop after scaling; None: all
-    crop_on_instance: float = 0.0  # fraction of crops centred near a random instance (sparse
-    # images: a wide field with a few cells otherwise gives mostly empty crops)
 
 
 class TrainConfig(Section):

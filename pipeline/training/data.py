@@ -254,34 +254,18 @@ class Geometry:
 
 
 def plan_geometry(
-    height: int,
-    width: int,
-    scale: float,
-    augment: AugmentConfig | None,
-    rng: np.random.Generator,
-    boxes: np.ndarray | None = None,
+    height: int, width: int, scale: float, augment: AugmentConfig | None, rng: np.random.Generator
 ) -> Geometry:
-    """Scale (with jitter) then random crop, expressed as a source window and an output size.
-
-    With `augment.crop_on_instance` and the image's `boxes` (x0, y0, x1, y1 in its pixels), that
-    fraction of crops holds the centre of one instance drawn at random (sparse images then give
-    crops with cells as often as dense ones)."""
+    """Scale (with jitter) then random crop, expressed as a source window and an output size."""
     if augment is not None:
         lo, hi = augment.scale_range
         scale *= math.exp(rng.uniform(math.log(lo), math.log(hi)))
     out_h, out_w = max(1, round(height * scale)), max(1, round(width * scale))
     crop_h, crop_w = (out_h, out_w) if augment is None or augment.crop is None else augment.crop
     crop_h, crop_w = min(crop_h, out_h), min(crop_w, out_w)
+    oy = int(rng.integers(0, out_h - crop_h + 1))
+    ox = int(rng.integers(0, out_w - crop_w + 1))
     sy, sx = height / out_h, width / out_w
-    low, high = np.zeros(2, np.int64), np.array([out_h - crop_h, out_w - crop_w])
-    on_instance = augment is not None and augment.crop_on_instance > 0 and boxes is not None
-    if on_instance and len(boxes) and rng.random() < augment.crop_on_instance:
-        x0, y0, x1, y1 = boxes[int(rng.integers(len(boxes)))]
-        centre = np.array([(y0 + y1) / 2 / sy, (x0 + x1) / 2 / sx]).astype(np.int64)
-        low = np.clip(centre - [crop_h - 1, crop_w - 1], low, high)
-        high = np.clip(centre, low, high)
-    oy = int(rng.integers(low[0], high[0] + 1))
-    ox = int(rng.integers(low[1], high[1] + 1))
     y0, x0 = math.floor(oy * sy), math.floor(ox * sx)
     y1 = min(height, max(y0 + 1, round((oy + crop_h) * sy)))
     x1 = min(width, max(x0 + 1, round((ox + crop_w) * sx)))
@@ -354,7 +338,7 @@ class CocoInstances(Dataset):
                 stacklevel=1,
             )
             return None
-        g = plan_geometry(record.height, record.width, self.scale, self.augment, rng, record.boxes)
+        g = plan_geometry(record.height, record.width, self.scale, self.augment, rng)
         tensor = image_to_tensor(image)[:, g.y0 : g.y1, g.x0 : g.x1]
         if (g.out_h, g.out_w) != tuple(tensor.shape[1:]):
             shrink = g.out_h < tensor.shape[1]
