@@ -10,12 +10,10 @@ detectron2, LIVECell) go through pipeline.models.foreign_weights.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from pipeline.config import MaskRCNNConfig, ModelConfig
@@ -23,10 +21,9 @@ from pipeline.core.errors import CellpipeError
 from pipeline.models import CellModel, build_model
 from pipeline.models.foreign_weights import (
     as_state_dict,
-    detectron2_settings,
-    detectron2_to_torchvision,
-    is_detectron2,
+    differing_settings,
     read_pickle_arrays,
+    settings_line,
 )
 
 
@@ -100,8 +97,9 @@ def load_weights(model: CellModel, path: Path | str) -> str:
 
     A cellpipe checkpoint must hold the same family and architecture (else a one-line error
     naming the differing config keys); its class heads are kept when its classes are the same.
-    A foreign state dict (torchvision Mask R-CNN, ImageNet ResNet) goes through the family's
-    `import_state` and loads every tensor whose name and shape match.
+    A foreign state dict (torchvision Mask R-CNN, ImageNet ResNet, detectron2) goes through the
+    family's `import_state` and loads every tensor whose name and shape match; the layers whose
+    shapes differ are named in the summary.
     """
     obj = read_checkpoint(path)
     own = model.state_dict()
@@ -116,8 +114,11 @@ def load_weights(model: CellModel, path: Path | str) -> str:
         heads = "kept" if same_classes else f"new (classes {obj.get('classes')} -> {model.classes})"
         return f"weights from {path} (iteration {obj.get('iteration', '?')}), class heads {heads}"
     state, settings = foreign_state(obj, path)
-    state = model.import_state(state)
-    _check_settings(model, settings.get(model.family, {}), path)
+    try:
+        _check_settings(model, settings.get(model.family, {}))
+        state = model.import_state(state)
+    except CellpipeError as e:
+        raise CellpipeError(f"{path}: {e}") from None
     differ = [k for k, v in state.items() if k in own and v.shape != own[k].shape]
     for key in differ:
         del state[key]  # in place: the file's version metadata lets torchvision rename old keys
@@ -134,49 +135,18 @@ def load_weights(model: CellModel, path: Path | str) -> str:
 def foreign_state(
     obj: dict[str, Any], path: Path | str
 ) -> tuple[dict[str, torch.Tensor], dict[str, dict[str, Any]]]:
-    """A foreign weights file's tensors (detectron2's renamed to torchvision's) and the
-    per-family settings they need: a `cellpipe import-weights` file records them, a detectron2
-    file gets detectron2's defaults."""
-    state = as_state_dict(obj, path)
+    """A foreign weights file's tensors and the per-family settings a `cellpipe import-weights`
+    file records (none for other files)."""
     settings = dict(obj.get("settings", {})) if "state_dict" in obj else {}
-    if is_detectron2(state):
-        state, unused = detectron2_to_torchvision(state)
-        unused = [k for k in unused if k not in ("pixel_mean", "pixel_std")]
-        if unused:
-            raise CellpipeError(
-                f"{path}: {len(unused)} detectron2 tensors have no place in an R50-FPN Mask R-CNN "
-                f"(e.g. {unused[0]}): only that architecture imports"
-            )
-        settings = {"maskrcnn": detectron2_settings()}
-    return state, settings
+    return as_state_dict(obj, path), settings
 
 
-def differing_settings(block: Any, settings: dict[str, Any]) -> dict[str, Any]:
-    """The `settings` a family's config block does not have (numbers compared to rounding)."""
-    now = block.model_dump(mode="json")
-
-    def same(a: Any, b: Any) -> bool:
-        try:
-            return bool(np.allclose(np.asarray(a, float), np.asarray(b, float)))
-        except (TypeError, ValueError):
-            return a == b
-
-    return {k: v for k, v in settings.items() if k in now and not same(now[k], v)}
-
-
-def settings_line(family: str, settings: dict[str, Any]) -> str:
-    """`model.maskrcnn.pixel_std=[...] model.maskrcnn.stride_in_1x1=True` (overrides to pass)."""
-    return " ".join(
-        f"model.{family}.{k}={json.dumps(v, separators=(',', ':'))}" for k, v in settings.items()
-    )
-
-
-def _check_settings(model: CellModel, settings: dict[str, Any], path: Path | str) -> None:
+def _check_settings(model: CellModel, settings: dict[str, Any]) -> None:
     """One-line error unless the model's config has the settings the weights were made with."""
     wrong = differing_settings(model.cfg, settings)
     if wrong:
         needed = settings_line(model.family, wrong)
-        raise CellpipeError(f"{path} needs {needed} (the weights were trained that way)")
+        raise CellpipeError(f"needs {needed} (the weights were trained that way)")
 
 
 def load_model(

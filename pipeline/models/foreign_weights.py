@@ -15,6 +15,7 @@ its MSRA ResNets stride in the first 1x1 convolution of a stage (`model.maskrcnn
 
 from __future__ import annotations
 
+import json
 import pickle
 import re
 from collections.abc import Callable, Sequence
@@ -182,3 +183,36 @@ def detectron2_settings(
         "pixel_std": [float(s) / 255 for s in reversed(pixel_std)],
         "stride_in_1x1": bool(stride_in_1x1),
     }
+
+
+def torchvision_from_detectron2(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`detectron2_to_torchvision`, with a one-line error when a tensor has no place in it (an
+    architecture other than R50-FPN Mask R-CNN; detectron2's pixel mean / std buffers aside)."""
+    mapped, unused = detectron2_to_torchvision(state)
+    unused = [k for k in unused if k not in ("pixel_mean", "pixel_std")]
+    if unused:
+        raise CellpipeError(
+            f"{len(unused)} detectron2 tensors have no place in an R50-FPN Mask R-CNN "
+            f"(e.g. {unused[0]}): only that architecture imports"
+        )
+    return mapped
+
+
+def differing_settings(block: Any, settings: dict[str, Any]) -> dict[str, Any]:
+    """The `settings` a family's config block does not have (numbers compared to rounding)."""
+    now = block.model_dump(mode="json")
+
+    def same(a: Any, b: Any) -> bool:
+        try:
+            return bool(np.allclose(np.asarray(a, float), np.asarray(b, float)))
+        except (TypeError, ValueError):
+            return a == b
+
+    return {k: v for k, v in settings.items() if k in now and not same(now[k], v)}
+
+
+def settings_line(family: str, settings: dict[str, Any]) -> str:
+    """`model.maskrcnn.pixel_std=[...] model.maskrcnn.stride_in_1x1=true` (overrides to pass)."""
+    return " ".join(
+        f"model.{family}.{k}={json.dumps(v, separators=(',', ':'))}" for k, v in settings.items()
+    )

@@ -34,6 +34,13 @@ from pipeline.config import MaskRCNNConfig
 from pipeline.core.errors import CellpipeError
 from pipeline.core.predictions import ImagePredictions
 from pipeline.models.base import CellModel, Instances, Registry, register
+from pipeline.models.foreign_weights import (
+    detectron2_settings,
+    differing_settings,
+    is_detectron2,
+    settings_line,
+    torchvision_from_detectron2,
+)
 
 BACKBONES = Registry("backbone")  # (MaskRCNNConfig) -> (module with out_channels, levels)
 
@@ -220,8 +227,15 @@ class MaskRCNNModel(CellModel):
         return out
 
     def import_state(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """torchvision Mask R-CNN weights as they are (detectron2's arrive renamed to them, see
-        pipeline.models.foreign_weights); a bare ResNet (ImageNet) as the backbone."""
+        """torchvision Mask R-CNN weights as they are; detectron2's renamed to them (with the
+        settings they need, see pipeline.models.foreign_weights); a bare ResNet (ImageNet) as
+        the backbone."""
+        if is_detectron2(state):
+            wrong = differing_settings(self.cfg, detectron2_settings())
+            if wrong:
+                needed = settings_line(self.family, wrong)
+                raise CellpipeError(f"detectron2 weights need {needed}")
+            return torchvision_from_detectron2(state)
         if "fc.weight" in state and "layer1.0.conv1.weight" in state:
             return {f"backbone.body.{k}": v for k, v in state.items() if not k.startswith("fc.")}
         return state

@@ -52,17 +52,19 @@ def main(cfg: Config, args: argparse.Namespace) -> None:
     from pipeline.core.fileio import atomic_path
     from pipeline.models import build_model
     from pipeline.models.checkpoints import (
-        differing_settings,
         foreign_state,
         is_cellpipe,
         load_weights,
         read_checkpoint,
-        settings_line,
     )
     from pipeline.models.foreign_weights import (
         DETECTRON2_PIXEL_MEAN,
         DETECTRON2_PIXEL_STD,
         detectron2_settings,
+        differing_settings,
+        is_detectron2,
+        settings_line,
+        torchvision_from_detectron2,
     )
 
     obj = read_checkpoint(args.source)
@@ -71,7 +73,11 @@ def main(cfg: Config, args: argparse.Namespace) -> None:
             f"{args.source} is a cellpipe checkpoint already: use init={args.source}"
         )
     state, settings = foreign_state(obj, args.source)
-    if "maskrcnn" in settings:
+    if is_detectron2(state):
+        try:
+            state = torchvision_from_detectron2(state)
+        except CellpipeError as e:
+            raise CellpipeError(f"{args.source}: {e}") from None
         settings["maskrcnn"] = detectron2_settings(
             args.pixel_mean or DETECTRON2_PIXEL_MEAN,
             args.pixel_std or DETECTRON2_PIXEL_STD,
