@@ -103,20 +103,14 @@ class GridConfig(Section):
         return {name: values for name, values in self.model_dump().items() if values}
 
 
-class MaskRCNNConfig(Section):
-    """Family `maskrcnn`: torchvision's Mask R-CNN for dense cells (pipeline/models/maskrcnn.py)."""
+class RCNNConfig(Section):
+    """What every Mask R-CNN family (`maskrcnn`, `detectron2`) sets by the same names."""
 
     trainable: ClassVar[bool] = True
 
-    backbone: str = "resnet50_fpn"  # pipeline.models.maskrcnn.BACKBONES: resnet{18,34,50}_fpn
     norm: Literal["frozen_bn", "bn", "gn"] = "frozen_bn"  # backbone normalisation: frozen_bn
     # with pretrained (ImageNet / COCO) weights; gn (group norm) to train from random weights
     trainable_layers: int = 5  # backbone stages trained, 0-5 (5: all, needed from random weights)
-    stride_in_1x1: bool = False  # stride a stage in its first 1x1 convolution, not the 3x3
-    # (detectron2's MSRA ResNets, hence its and LIVECell's model zoo: see `import-weights`)
-    fpn_channels: int = 256  # channels of every FPN level and of the RPN / mask heads' input
-    box_head_dim: int = 1024  # width of the box head's two fully connected layers
-    mask_head_channels: int = 256  # channels of the mask head's four convolutions
     # anchors: one list of sizes (pixels at model scale) per FPN level (P2-P6), or a single list
     # used at every level; every level needs the same count (the RPN head is shared). LIVECell's
     # sizes 4, 9, 17, 31, 64, 127 spread over the five levels, two per level.
@@ -131,7 +125,7 @@ class MaskRCNNConfig(Section):
     detections_per_image: int = 1000  # COCO's default 100 is far too low for 700 cells
     score_thresh: float = 0.05  # the score floor: detections below it are never produced
     nms_thresh: float = 0.5  # per-class box NMS at inference
-    pixel_mean: list[float] = [0.485, 0.456, 0.406]  # of images in [0, 1]; grey uses all three
+    pixel_mean: list[float] = [0.485, 0.456, 0.406]  # of RGB images in [0, 1]; grey uses all three
     pixel_std: list[float] = [0.229, 0.224, 0.225]
     thresholds: ThresholdsConfig = ThresholdsConfig()  # validation / tune start / fallback
     grid: GridConfig = GridConfig()  # what tune searches, per class
@@ -139,6 +133,25 @@ class MaskRCNNConfig(Section):
     @property
     def score_floor(self) -> float:
         return self.score_thresh
+
+
+class MaskRCNNConfig(RCNNConfig):
+    """Family `maskrcnn`: torchvision's Mask R-CNN for dense cells (pipeline/models/maskrcnn.py)."""
+
+    backbone: str = "resnet50_fpn"  # pipeline.models.maskrcnn.BACKBONES: resnet{18,34,50}_fpn
+    stride_in_1x1: bool = False  # stride a stage in its first 1x1 convolution, not the 3x3
+    # (detectron2's MSRA ResNets, hence its model zoo: see `cellpipe import-weights`)
+    fpn_channels: int = 256  # channels of every FPN level and of the RPN / mask heads' input
+    box_head_dim: int = 1024  # width of the box head's two fully connected layers
+    mask_head_channels: int = 256  # channels of the mask head's four convolutions
+
+
+class Detectron2Config(RCNNConfig):
+    """Family `detectron2`: detectron2's own Mask R-CNN, built from a model-zoo config with the
+    knobs above (pipeline/models/detectron2.py; `make detectron2` installs detectron2)."""
+
+    zoo_config: str = "COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x.yaml"  # its model zoo's
+    # (the architecture: backbone depth, heads, poolers); the knobs above override its values
 
 
 class WatershedConfig(Section):
@@ -196,6 +209,7 @@ class ModelConfig(Section):
     maskrcnn: MaskRCNNConfig = MaskRCNNConfig()
     watershed: WatershedConfig = WatershedConfig()
     flow_unet: FlowUNetConfig = FlowUNetConfig()
+    detectron2: Detectron2Config = Detectron2Config()
 
     @model_validator(mode="before")
     @classmethod

@@ -129,7 +129,8 @@ def test_detectron2_weights_load_as_they_are_with_their_settings(tmp_path):
     )
     with pytest.raises(
         CellpipeError,
-        match=r"model_final\.pth: detectron2 weights need model\.maskrcnn\.pixel_std=\[0\.0039.*stride_in_1x1=true",
+        match=r"model_final\.pth: detectron2 weights need model\.maskrcnn\.pixel_std=\[0\.0039"
+        r".*stride_in_1x1=true",
     ):
         load_weights(plain, tmp_path / "model_final.pth")
     resnest = {**state, "backbone.bottom_up.res5.0.conv2.radix": torch.zeros(2)}

@@ -195,17 +195,7 @@ class MaskRCNNModel(CellModel):
         come back in the images' pixels, each mask its 28x28 probability resized into its own
         box (uint8, 0..255)."""
         shapes = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
-        if self.scale != 1.0:
-            images = [
-                F.interpolate(
-                    im[None].float(),
-                    scale_factor=self.scale,
-                    mode="bilinear",
-                    antialias=self.scale < 1,
-                )[0]
-                for im in images
-            ]
-        batch, _ = self.transform(list(images))
+        batch, _ = self.transform(scaled_images(images, self.scale))
         features = self.backbone(batch.tensors)
         proposals, _ = self.rpn(batch, features)
         detections, _ = self.roi_heads(features, proposals, batch.image_sizes)
@@ -239,6 +229,16 @@ class MaskRCNNModel(CellModel):
         if "fc.weight" in state and "layer1.0.conv1.weight" in state:
             return {f"backbone.body.{k}": v for k, v in state.items() if not k.startswith("fc.")}
         return state
+
+
+def scaled_images(images: Sequence[torch.Tensor], scale: float) -> list[torch.Tensor]:
+    """Images (C, H, W) resized by `scale` (bilinear, antialiased when shrinking)."""
+    if scale == 1.0:
+        return list(images)
+    return [
+        F.interpolate(im[None].float(), scale_factor=scale, mode="bilinear", antialias=scale < 1)[0]
+        for im in images
+    ]
 
 
 def crop_mask_probs(

@@ -1,0 +1,128 @@
+"""The `detectron2` family where detectron2 is installed (`make detectron2`); skipped, with the
+reason printed by `-ra`, elsewhere. The key map is also checked against detectron2 itself: a
+randomly initialised detectron2 R50-FPN Mask R-CNN and the torchvision `maskrcnn` family it maps
+to give the same detections on the same image."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.cli import main
+from pipeline.config import Detectron2Config, MaskRCNNConfig, ModelConfig
+from pipeline.core.errors import CellpipeError
+from pipeline.models import build_model
+from pipeline.models.detectron2 import detectron2_available
+from pipeline.models.foreign_weights import detectron2_settings, detectron2_to_torchvision
+
+REPO = Path(__file__).parents[1]
+needs_detectron2 = pytest.mark.skipif(
+    not detectron2_available(), reason="detectron2 is not installed (`make detectron2`)"
+)
+
+
+def test_without_detectron2_the_family_says_how_to_install_it():
+    if detectron2_available():
+        pytest.skip("detectron2 is installed here")
+    with pytest.raises(CellpipeError, match="make detectron2"):
+        build_model(ModelConfig(family="detectron2"), ["cell"], "detectron2")
+
+
+# exact anchors in both libraries (torchvision rounds its base anchors): even sizes, ratios 1/4,
+# 1, 4; detectron2's non-aligned ROIAlign with torchvision's sampling ratio
+# group norm keeps a randomly initialised ResNet-50's activations in range (frozen batch norm with
+# untrained statistics lets them grow through 50 layers until every score saturates)
+ANCHORS = {"anchor_sizes": [[32], [64], [128], [256], [512]], "anchor_ratios": [0.25, 1.0, 4.0]}
+ANCHORS["norm"] = "gn"
+LIMITS = {"detections_per_image": 50, "score_thresh": 0.1, "rpn_post_nms_top_n_test": 300}
+
+
+@needs_detectron2
+def test_the_key_map_gives_torchvision_the_same_detections_as_detectron2():
+    from detectron2.modeling import build_model as build_detectron2
+
+    from pipeline.models.detectron2 import Detectron2Model, detectron2_config
+
+    torch.manual_seed(0)
+    block = Detectron2Config(**ANCHORS, **LIMITS)
+    c = detectron2_config(block, 3)
+    for head in (c.MODEL.ROI_BOX_HEAD, c.MODEL.ROI_MASK_HEAD):
+        head.POOLER_TYPE, head.POOLER_SAMPLING_RATIO = "ROIAlign", 2
+    d2 = build_detectron2(c).eval()
+    torch.nn.init.normal_(d2.roi_heads.box_predictor.cls_score.weight, std=0.02)  # spread scores
+    mapped, unused = detectron2_to_torchvision(d2.state_dict())
+    assert unused == []
+
+    settings = detectron2_settings(c.MODEL.PIXEL_MEAN, c.MODEL.PIXEL_STD)
+    tv_block = MaskRCNNConfig(**ANCHORS, **LIMITS, **settings)
+    tv = build_model(ModelConfig(maskrcnn=tv_block), ["a", "b", "c"], "maskrcnn").eval()
+    tv.load_state_dict(mapped)
+
+    ours = Detectron2Model(block, ["a", "b", "c"]).eval()
+    ours.load_state_dict(d2.state_dict())
+    object.__setattr__(ours, "_net", d2)  # the non-aligned pooler configured above
+
+    image = torch.rand(3, 128, 160)  # RGB: conv1's channel order matters
+    (expected,), (got,) = ours.predict([image]), tv.predict([image])
+    assert len(expected.boxes) == len(got.boxes) == LIMITS["detections_per_image"]
+    assert np.array_equal(expected.labels, got.labels)
+    assert np.allclose(expected.scores, got.scores, atol=1e-4)
+    assert np.array_equal(expected.boxes, got.boxes)
+    assert all(np.array_equal(a, b) for a, b in zip(expected.masks, got.masks))
+
+
+TINY = [
+    "prepare.synthetic.train_images_per_type=2",
+    "prepare.synthetic.samples_per_type=2",
+    "prepare.synthetic.test_images=2",
+    "prepare.synthetic.semi_supervised_images=1",
+    "prepare.synthetic.height=96",
+    "prepare.synthetic.width=128",
+    "convert.livecell=false",
+    "folds.n_folds=2",
+    "model.family=detectron2",
+    "model.detectron2.norm=gn",
+    "finetune.init=random",
+    "finetune.solver.max_iter=2",
+    "finetune.solver.eval_period=2",
+    "finetune.solver.checkpoint_period=2",
+    "finetune.solver.num_workers=0",
+    "finetune.augment.crop=null",
+    "predict.tta=[none,hflip]",
+    "predict.models=[detectron2]",
+    "model.detectron2.grid.score=[0.05,0.9]",
+    "model.detectron2.grid.mask=[0.5]",
+    "model.detectron2.grid.min_area=[0,10]",
+    "tune.rounds=1",
+]
+
+
+@needs_detectron2
+@pytest.mark.slow
+def test_the_family_trains_predicts_tunes_and_submits_on_the_embedded_data(tmp_path):
+    torch.set_num_threads(1)
+    for command in ("prepare", "convert", "folds", "finetune", "predict", "tune", "postprocess"):
+        args = [command, "--config", str(REPO / "configs" / "cpu.yaml"), f"work_dir={tmp_path}"]
+        assert main([*args, *TINY]) == 0, command
+    assert (
+        main(
+            [
+                "submit",
+                "--config",
+                str(REPO / "configs" / "cpu.yaml"),
+                f"work_dir={tmp_path}",
+                *TINY,
+            ]
+        )
+        == 0
+    )
+    checkpoint = torch.load(
+        tmp_path / "finetune" / "detectron2" / "fold0" / "model_final.pth", weights_only=True
+    )
+    assert checkpoint["family"] == "detectron2"
+    assert "roi_heads.mask_head.predictor.weight" in checkpoint["model"]  # detectron2's names
+    submission = (tmp_path / "submission.csv").read_text().splitlines()
+    assert submission[0] == "id,predicted" and len(submission) > 1
