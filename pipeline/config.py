@@ -418,6 +418,8 @@ class KernelsConfig(Section):
     python_version: str = "3.11"  # the Kaggle image's Python and platforms, for pip download
     platforms: list[str] = ["manylinux2014_x86_64", "manylinux_2_28_x86_64"]
     extra_files: list[Path] = []  # more files for the bundle's files/ folder
+    detectron2_wheel: Path | None = None  # bundled when a kernel uses family detectron2; built
+    # for the Kaggle image's Python and torch (see README); None: the newest .whl/detectron2-*
     submit: bool = True  # push: submit the new inference version once it has run on Kaggle
     push_train: bool = False  # push: also push (and so start) the training kernel
     wait_minutes: float = 180  # push: how long to wait for the dataset and the inference run

@@ -363,6 +363,31 @@ def test_user_errors_are_one_line(project, tmp_path, capsys):
     assert "share a name" in capsys.readouterr().err
 
 
+def test_a_detectron2_kernel_bundles_the_detectron2_wheel(project, tmp_path, capsys):
+    root, _, _ = project
+    wheel = tmp_path / "detectron2-0.6-cp311-cp311-linux_x86_64.whl"
+    wheel.write_bytes(b"a wheel built for the Kaggle image")
+    fold0 = root / "work" / "finetune" / "maskrcnn" / "fold0" / "model_best.pth"
+    settings = [f"kernels.checkpoints=[{fold0}]", "predict.models=[maskrcnn,detectron2]"]
+    missing = f"kernels.detectron2_wheel={tmp_path / 'absent.whl'}"
+    assert run_kernels(project, *settings, missing, "--force") == 2
+    assert "missing kernels.detectron2_wheel" in capsys.readouterr().err
+    assert run_kernels(project, *settings, f"kernels.detectron2_wheel={wheel}", "--force") == 0
+    manifest = json.loads(
+        (root / "work" / "kernels" / "bundle" / "cellpipe-bundle.json").read_text()
+    )
+    assert f"wheels/{wheel.name}" in manifest["wheels"]
+    bundled = root / "work" / "kernels" / "bundle" / "wheels" / wheel.name
+    assert bundled.read_bytes() == wheel.read_bytes()
+    assert run_kernels(project, "--force") == 0  # as the other tests expect it
+    assert not any(
+        "detectron2" in w
+        for w in json.loads(
+            (root / "work" / "kernels" / "bundle" / "cellpipe-bundle.json").read_text()
+        )["wheels"]
+    )
+
+
 @pytest.fixture
 def kaggle_client(tmp_path, monkeypatch):
     """The real kaggle client, dummy credentials, its requests going nowhere."""

@@ -34,7 +34,12 @@ from pipeline.kaggle.metadata import (
     write_metadata,
 )
 from pipeline.kaggle.notebooks import TEMPLATES, notebook
-from pipeline.kaggle.wheels import SOURCE_ROOT, build_cellpipe_wheel, download_wheels
+from pipeline.kaggle.wheels import (
+    SOURCE_ROOT,
+    build_cellpipe_wheel,
+    detectron2_wheel,
+    download_wheels,
+)
 
 
 def bundle_name(path: Path) -> str:
@@ -139,6 +144,9 @@ def build(cfg: Config) -> None:
         wheels = bundle / "wheels"
         build_cellpipe_wheel(wheels)
         download_wheels(cfg, wheels)
+        if "detectron2" in (*cfg.predict.models, train.model.family):
+            wheel = detectron2_wheel(cfg)
+            _place(wheel, wheels / wheel.name)
         manifest = {
             "slug": slug(params.dataset_title),
             "competition": cfg.prepare.competition,

@@ -60,3 +60,19 @@ def download_wheels(cfg: Config, dest: Path) -> None:
     if params.no_index:
         args.append("--no-index")
     _pip([*args, *params.wheels], f"pip download {' '.join(params.wheels)}")
+
+
+def detectron2_wheel(cfg: Config) -> Path:
+    """The detectron2 wheel to bundle: `kernels.detectron2_wheel`, else the newest one that
+    `make detectron2` left in .whl/; a one-line error when there is none."""
+    if cfg.kernels.detectron2_wheel is not None:
+        if not cfg.kernels.detectron2_wheel.is_file():
+            raise CellpipeError(f"missing kernels.detectron2_wheel {cfg.kernels.detectron2_wheel}")
+        return cfg.kernels.detectron2_wheel
+    built = sorted((SOURCE_ROOT / ".whl").glob("detectron2-*.whl"), key=lambda p: p.stat().st_mtime)
+    if not built:
+        raise CellpipeError(
+            "a kernel uses family detectron2 but there is no detectron2 wheel: build one for the "
+            "Kaggle image (README: detectron2 on Kaggle) and set kernels.detectron2_wheel"
+        )
+    return built[-1]
