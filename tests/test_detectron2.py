@@ -74,6 +74,29 @@ def test_the_key_map_gives_torchvision_the_same_detections_as_detectron2():
     assert all(np.array_equal(a, b) for a, b in zip(expected.masks, got.masks))
 
 
+@needs_detectron2
+def test_model_zoo_pickles_load_into_the_family_with_new_class_heads(tmp_path):
+    import pickle
+
+    from pipeline.config import load_config
+    from pipeline.models.checkpoints import load_weights
+
+    block = load_config(REPO / "configs" / "kaggle_gpu_d2.yaml").model.detectron2
+    coco = build_model(
+        ModelConfig(family="detectron2", detectron2=block), list("x" * 80), "detectron2"
+    )
+    coco = {k: v.numpy() for k, v in coco.state_dict().items()}
+    with open(tmp_path / "model_final_f10217.pkl", "wb") as f:
+        pickle.dump({"model": coco, "__author__": "Detectron2 Model Zoo"}, f)
+    model = build_model(
+        ModelConfig(family="detectron2", detectron2=block), ["a", "b", "c"], "detectron2"
+    )
+    summary = load_weights(model, tmp_path / "model_final_f10217.pkl")
+    assert "new, as shapes differ: roi_heads.box_predictor.cls_score.weight" in summary
+    kept = "backbone.bottom_up.res3.1.conv2.weight"
+    assert np.array_equal(model.state_dict()[kept].numpy(), coco[kept])
+
+
 TINY = [
     "prepare.synthetic.train_images_per_type=2",
     "prepare.synthetic.samples_per_type=2",
