@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -26,6 +27,7 @@ from pipeline.training.data import ClassMapping, CocoInstances, load_records
 from pipeline.training.engine import Context, fit, lr_factor
 
 pytestmark = pytest.mark.slow
+REPO = Path(__file__).parents[1]
 CPU = Context(0, 1, torch.device("cpu"))
 SOLVER = SolverConfig(
     max_iter=12,
@@ -214,3 +216,47 @@ def test_ddp_with_two_cpu_processes(tmp_path):
     assert len(checkpoint["rng"]) == 2  # both processes' RNG, for an exact resume
     log = metrics(run)
     assert [m["iteration"] for m in log if "loss" in m] == [1, 2, 3, 4]
+
+
+TRAIN_UNTIL_STOPPED = """
+import sys
+import time
+from pathlib import Path
+from test_engine import SOLVER, dataset, train
+root = Path(sys.argv[1])
+data, _ = dataset(root / "data")
+update = {"max_iter": 100000, "num_workers": 1, "checkpoint_period": 100000, "eval_period": 0}
+try:
+    train(root / "run", data, SOLVER.model_copy(update=update))
+except KeyboardInterrupt:
+    print("interrupted")
+    sys.exit(130)
+"""
+
+
+def test_sigterm_to_the_process_group_with_loader_workers_writes_a_checkpoint(tmp_path):
+    """What `docker stop`, `timeout`, SLURM and a Kaggle session's end do: SIGTERM to every
+    process of the group, data-loader workers included; training stops as for Ctrl-C."""
+    script = tmp_path / "train_until_stopped.py"
+    script.write_text(TRAIN_UNTIL_STOPPED)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), str(REPO)])}
+    process = subprocess.Popen(
+        [sys.executable, str(script), str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,  # its own process group, as a container's or a job's
+    )
+    log = tmp_path / "run" / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        if log.is_file() and len(log.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGTERM)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    assert "interrupted" in out and "killed by signal" not in err
+    stopped = read_checkpoint(tmp_path / "run" / "checkpoint.pth")
+    assert stopped["iteration"] >= 3

@@ -438,8 +438,11 @@ def collate(batch: list) -> tuple[list[torch.Tensor], list[dict], int]:
 
 
 def worker_init(_: int) -> None:
-    """Workers ignore Ctrl-C: the training loop stops them after saving a checkpoint."""
+    """Workers ignore Ctrl-C and SIGTERM (sent to the whole process group by `docker stop`,
+    `timeout`, SLURM, a Kaggle session's end): the training loop saves a checkpoint, then stops
+    them; they also exit on their own when the main process is gone."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 class CocoImages(Dataset):
