@@ -463,6 +463,18 @@ class Config(Section):
         """The folds that get a fine-tuned model: finetune.folds, else every fold."""
         return list(self.finetune.folds) or list(range(self.folds.n_folds))
 
+    def image_folders(self, split: Literal["train", "test"]) -> list[Path]:
+        """The folders holding a split's images (declared stage inputs: their listing, sizes and
+        modification times are part of what makes a stage up to date)."""
+        layout = self.layout
+        if split == "test":
+            folders = [layout.test_images]
+        elif self.convert.source_format == "kaggle_csv":
+            folders = [layout.train_images]
+        else:
+            folders = [layout.data / self.convert.images_dir]
+        return [f for f in folders if f.is_dir()]
+
     def fold_models(self) -> list[Path]:
         """Every fold's best model of every trained family (the default test models)."""
         layout = self.layout

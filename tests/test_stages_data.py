@@ -125,3 +125,51 @@ def test_too_many_folds(work, capsys):
 def test_bad_config_is_one_line(work, capsys):
     assert run(work, "folds", "folds.n_folds=x") == 2
     one_line_error(capsys, "config folds.n_folds")
+
+
+def test_replaced_test_images_make_every_later_stage_rerun(work, capsys):
+    """New images in test/ (same train.csv): convert, predict, tune, postprocess and submit all
+    run again, and the submission is for the images that are there now."""
+    chain = ["convert", "folds", "predict", "tune", "postprocess", "submit"]
+    settings = ["folds.n_folds=2", "predict.models=[watershed]", "predict.tta=[none]"]
+
+    def run_chain() -> str:
+        capsys.readouterr()
+        for stage in chain:
+            assert run(work, stage, *settings) == 0, stage
+        said = capsys.readouterr()
+        return [line for line in (said.out + said.err).splitlines() if "up to date" in line]
+
+    run_chain()
+    assert len(run_chain()) == len(chain)  # nothing changed: every stage is skipped
+    (work / "data" / "test" / "t1.png").unlink()
+    cell = np.zeros((24, 32), np.uint8)
+    cell[4:12, 4:12] = 200
+    write_png(work / "data" / "test" / "t2.png", cell)
+    assert run_chain() == ["folds: up to date"]  # the training data did not change
+    assert set(pd.read_csv(work / "w" / "submission.csv")["id"]) == {"t2"}
+    # the same name, other pixels: still stale
+    write_png(work / "data" / "test" / "t2.png", np.roll(cell, 12, axis=1))
+    assert run_chain() == ["folds: up to date"]
+
+
+def test_an_edited_livecell_annotation_file_makes_convert_rerun(tmp_path, capsys):
+    data = tmp_path / "data"
+    settings = [f"work_dir={tmp_path / 'w'}", f"data_dir={data}"]
+    synthetic = ["prepare.synthetic.train_images_per_type=1", "prepare.synthetic.test_images=1"]
+    synthetic += ["prepare.synthetic.height=64", "prepare.synthetic.width=64"]
+    synthetic += [
+        "prepare.synthetic.livecell_train_images=2",
+        "prepare.synthetic.livecell_val_images=1",
+    ]
+    assert main(["prepare", *settings, *synthetic]) == 0
+    assert main(["convert", *settings]) == 0
+    annotations = next(data.rglob("livecell_coco_train.json"))
+    coco = json.loads(annotations.read_text())
+    removed = coco["annotations"].pop()
+    annotations.write_text(json.dumps(coco))
+    capsys.readouterr()
+    assert main(["convert", *settings]) == 0
+    assert "up to date" not in capsys.readouterr().out
+    converted = json.loads((tmp_path / "w" / "coco" / "livecell_train.json").read_text())
+    assert len(converted["annotations"]) == len(coco["annotations"]) and removed

@@ -147,13 +147,15 @@ def write_tiff(path: Path | str, image: np.ndarray) -> None:
 
 
 def file_digest(path: Path | str) -> str:
-    """SHA-256 of a file's bytes, or of a folder's (relative name, size) listing."""
+    """SHA-256 of a file's bytes, or of a folder's (relative name, size, modification time)
+    listing: an image replaced by another of the same name and size still changes it."""
     path = Path(path)
     h = hashlib.sha256()
     if path.is_dir():
         for p in sorted(path.rglob("*")):
             if p.is_file():
-                h.update(f"{p.relative_to(path)}\0{p.stat().st_size}\n".encode())
+                stat = p.stat()
+                h.update(f"{p.relative_to(path)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
         return h.hexdigest()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):

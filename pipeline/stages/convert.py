@@ -77,6 +77,21 @@ def convert(cfg: Config) -> None:
             )
 
 
+def inputs(cfg: Config) -> list[Path]:
+    """Everything `convert` reads: the CSV (or label folders), the image folders (their listing:
+    a replaced test image makes every stage after it stale), LIVECell's annotation files."""
+    layout, params = cfg.layout, cfg.convert
+    files = [layout.train_csv] if params.source_format == "kaggle_csv" else []
+    if params.source_format == "label_images":
+        files.append(layout.data / params.labels_dir)
+    files += cfg.image_folders("train")
+    if params.source_format == "kaggle_csv":
+        files += cfg.image_folders("test")
+    if params.livecell and layout.livecell.is_dir():
+        files += [layout.livecell_annotations(split) for split in ("train", "val")]
+    return files
+
+
 def outputs(cfg: Config) -> list[Path]:
     layout = cfg.layout
     files = [layout.coco_train]
@@ -98,12 +113,10 @@ def main(cfg: Config, args: argparse.Namespace) -> None:
             df.to_csv(tmp, index=False)
         print(f"convert: {len(df)} instances -> {target}")
         return
-    layout = cfg.layout
-    inputs = [layout.train_csv] if cfg.convert.source_format == "kaggle_csv" else []
     run_stage(
         "convert",
         cfg,
-        inputs=inputs,
+        inputs=inputs(cfg),
         outputs=outputs(cfg),
         params=cfg.convert,
         body=lambda: convert(cfg),

@@ -52,7 +52,12 @@ def main(cfg: Config, args: argparse.Namespace) -> None:
                 run_stage(
                     f"finetune_{family}_fold{k}",
                     cfg,
-                    inputs=[layout.coco_train, layout.folds_csv, *([start] if start else [])],
+                    inputs=[
+                        layout.coco_train,
+                        layout.folds_csv,
+                        *cfg.image_folders("train"),
+                        *([start] if start else []),
+                    ],
                     outputs=[layout.finetune_model(family, k)],
                     params=params,
                     body=lambda family=family, k=k, ids=ids, params=params, start=start: train_run(

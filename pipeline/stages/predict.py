@@ -45,11 +45,11 @@ def inputs(cfg: Config, family: str) -> list[Path]:
     trainable = family_class(family).trainable
     files: list[Path] = []
     if "oof" in cfg.predict.splits:
-        files += [layout.coco_train, layout.folds_csv]
+        files += [layout.coco_train, layout.folds_csv, *cfg.image_folders("train")]
         if trainable:
             files += [layout.finetune_model(family, k) for k in cfg.folds_trained]
     if "test" in cfg.predict.splits:
-        files.append(layout.coco_test)
+        files += [layout.coco_test, *cfg.image_folders("test")]
         if trainable:
             files += cfg.predict.checkpoints or [
                 layout.finetune_model(family, k) for k in cfg.folds_trained
