@@ -26,6 +26,7 @@ COMMANDS = {
     "validate": "check a submission CSV as Kaggle would",
     "score": "score a submission CSV against train.csv (MAP-IoU, GlaS)",
     "leaderboard": "the local leaderboard of scored submissions",
+    "overlay": "pictures of a scored submission: worst images' outlines, a score histogram",
     "kernels": "offline Kaggle bundle, inference and training notebooks",
     "push": "upload the bundle and kernels to Kaggle, submit the inference",
     "models": "the registered model families",

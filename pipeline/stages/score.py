@@ -28,6 +28,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--folds", default=None, help="comma-separated folds, e.g. 0,1")
     parser.add_argument("--output", type=Path, default=None, help="JSON report path")
     parser.add_argument("--note", default="", help="free text kept in the ledger")
+    parser.add_argument(
+        "--overlays",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also draw the N worst images per class and a score histogram (cellpipe overlay)",
+    )
 
 
 def parse_folds(text: str) -> list[int]:
@@ -176,6 +183,13 @@ def main(cfg: Config, args: argparse.Namespace) -> None:
     report = read_json(output)
     print(format_report(report))
     print(f"wrote {output}")
+    if args.overlays:
+        from pipeline.core.overlays import overlays_dir, report_overlays
+
+        folders = [*cfg.image_folders("train"), *cfg.image_folders("test")]
+        out = overlays_dir(output)
+        written = report_overlays(report, folders, out, args.overlays)
+        print(f"overlays: {len(written) - 1} images and a score histogram -> {out}")
     if ran and params.record:
         entry = make_entry(report, config_hash(cfg.model_dump(mode="json")), args.note)
         record(params.ledger, entry)
