@@ -261,7 +261,7 @@ class SolverConfig(Section):
     gamma: float = 0.1
     clip_grad_norm: float = 10.0  # 0: no clipping
     amp: bool = True  # mixed precision on CUDA (the CPU path never uses it)
-    amp_dtype: Literal["float16", "bfloat16"] = "float16"  # float16 (with loss scaling) on T4/P100
+    amp_dtype: Literal["float16", "bfloat16"] = "float16"  # float16 (with loss scaling) on a T4
     checkpoint_period: int = 1000  # iterations between checkpoints (also saved on exit)
     eval_period: int = 1000  # iterations between validations; 0: only at the end
     log_period: int = 20  # iterations between metrics.jsonl lines
@@ -418,6 +418,10 @@ class KernelsConfig(Section):
     python_version: str = "3.11"  # the Kaggle image's Python and platforms, for pip download
     platforms: list[str] = ["manylinux2014_x86_64", "manylinux_2_28_x86_64"]
     extra_files: list[Path] = []  # more files for the bundle's files/ folder
+    machine_shape: str = "NvidiaTeslaT4"  # the kernels' accelerator (kernel-metadata.json);
+    # Kaggle retired the P100 (a kernel asking for it runs on a T4)
+    image_pinning: Literal["original", "latest"] = "original"  # the Docker image a new kernel
+    # version runs on: the one its first version ran on (what the tests here mirror), or the latest
     detectron2_wheel: Path | None = None  # bundled when a kernel uses family detectron2; built
     # for the Kaggle image's Python and torch (see README); None: the newest .whl/detectron2-*
     submit: bool = True  # push: submit the new inference version once it has run on Kaggle

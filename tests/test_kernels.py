@@ -185,6 +185,8 @@ def test_bundle_holds_what_the_kernels_need(built, project, capsys):
         assert meta["language"] == "python" and meta["kernel_type"] == "notebook"
         assert meta["dataset_sources"] == ["tester/cellpipe-bundle"]
         assert meta["competition_sources"] == [COMPETITION]
+        assert meta["machine_shape"] == "NvidiaTeslaT4"  # not the retired P100
+        assert meta["docker_image_pinning_type"] == "original"
         nb = nbformat.read(built / kind / meta["code_file"], as_version=4)
         nbformat.validate(nb)
         params = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
@@ -349,6 +351,7 @@ def test_user_errors_are_one_line(project, tmp_path, capsys):
         (f"kernels.checkpoints=[{tmp_path / 'a' / 'm.pth'},{tmp_path / 'b' / 'm.pth'}]", "missing"),
         ("kernels.wheels=[no-such-package-cellpipe]", "pip download no-such-package-cellpipe"),
         ("kernels.train_overrides=[model.maskrcnn.fpn_channels=32]", "another maskrcnn model"),
+        ("kernels.machine_shape=NvidiaTeslaP100", "Kaggle retired it (use NvidiaTeslaT4)"),
     ]
     for override, message in cases:
         assert run_kernels(project, override, "--force") == 2, override

@@ -68,6 +68,8 @@ def kernel_metadata(cfg: Config, owner: str, kind: str) -> dict[str, Any]:
         "competition_sources": [cfg.prepare.competition],
         "kernel_sources": [],
         "model_sources": [],
+        "machine_shape": params.machine_shape,
+        "docker_image_pinning_type": params.image_pinning,
     }
 
 
@@ -87,6 +89,9 @@ def check_dataset_metadata(meta: dict[str, Any]) -> None:
         raise CellpipeError("dataset metadata: exactly one license")
 
 
+RETIRED_SHAPES = {"nvidiateslap100": "NvidiaTeslaT4", "tpuv38": "TpuV5E8", "tpu1vmv38": "TpuV5E8"}
+
+
 def check_kernel_metadata(meta: dict[str, Any]) -> None:
     """The kaggle client's checks before `kernels push`, as one-line errors."""
     owner, _, name = str(meta.get("id", "")).partition("/")
@@ -101,6 +106,10 @@ def check_kernel_metadata(meta: dict[str, Any]) -> None:
         raise CellpipeError("kernel metadata: language python, kernel_type script or notebook")
     if not meta.get("code_file"):
         raise CellpipeError("kernel metadata: no code_file")
+    shape = str(meta.get("machine_shape") or "")
+    if shape.lower() in RETIRED_SHAPES:
+        instead = RETIRED_SHAPES[shape.lower()]
+        raise CellpipeError(f"kernels.machine_shape {shape}: Kaggle retired it (use {instead})")
     for source in [*meta.get("dataset_sources", []), *meta.get("kernel_sources", [])]:
         if source.count("/") != 1 or not all(source.split("/")):
             raise CellpipeError(f"kernel source {source!r}: expected owner/slug")
