@@ -408,7 +408,8 @@ class KernelsConfig(Section):
     license: str = "CC0-1.0"  # the dataset's one license
     public: bool = False  # dataset and kernels stay private unless set
     checkpoints: list[Path] = []  # bundled test models; empty: predict's (every fold's best)
-    include_pretrained: bool = True  # bundle the pretrain model: the training kernel starts there
+    include_pretrained: bool | None = None  # bundle the pretrain model, where the training
+    # kernel starts; None: only when push_train (an inference bundle never reads it)
     train_config: Path | None = None  # the training kernel's config (e.g. configs/kaggle_gpu.yaml);
     # None: this run's config
     train_overrides: list[str] = []  # key=value on top of it, e.g. finetune.folds=[0]
@@ -429,6 +430,11 @@ class KernelsConfig(Section):
     wait_minutes: float = 180  # push: how long to wait for the dataset and the inference run
     poll_seconds: float = 30  # push: time between status checks
     message: str = "cellpipe"  # push: dataset version notes and submission description
+
+    @property
+    def bundles_pretrained(self) -> bool:
+        """Whether the bundle carries the pretrain model (`include_pretrained`)."""
+        return self.push_train if self.include_pretrained is None else self.include_pretrained
 
 
 class Config(Section):

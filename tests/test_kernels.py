@@ -118,6 +118,7 @@ def project(tmp_path_factory):
         f"data_dir={data}",
         *SETTINGS,
         "kernels.owner=tester",
+        "kernels.include_pretrained=true",  # the training notebook's test starts from it
         "kernels.wheels=[cellpipe-test-dep]",
         f"kernels.find_links=[{wheels}]",
         "kernels.no_index=true",
@@ -364,6 +365,19 @@ def test_user_errors_are_one_line(project, tmp_path, capsys):
     twins = f"kernels.checkpoints=[{twins[0]},{twins[1]}]"
     assert run_kernels(project, twins, "--force") == 2
     assert "share a name" in capsys.readouterr().err
+
+
+def test_an_inference_bundle_leaves_the_pretrained_model_out(project):
+    root, _, _ = project
+    manifest = root / "work" / "kernels" / "bundle" / "cellpipe-bundle.json"
+    assert run_kernels(project, "kernels.include_pretrained=null", "--force") == 0
+    assert json.loads(manifest.read_text())["pretrained"] == {}  # push_train is off
+    assert not (root / "work" / "kernels" / "bundle" / "pretrained").exists()
+    assert run_kernels(project, "kernels.include_pretrained=null", "kernels.push_train=true") == 0
+    assert json.loads(manifest.read_text())["pretrained"] == {
+        "maskrcnn": "pretrained/maskrcnn-model_final.pth"
+    }
+    assert run_kernels(project, "--force") == 0  # as the other tests expect it
 
 
 def test_a_detectron2_kernel_bundles_the_detectron2_wheel(project, tmp_path, capsys):

@@ -68,7 +68,7 @@ def pretrained_models(cfg: Config, train: Config) -> dict[str, Path]:
     """The files the training kernel's finetune starts from, to be bundled: {"init": file} for
     a `finetune.init` file, else each trained family's pretrained model (`include_pretrained`)."""
     init = train.finetune.init
-    if init == "random" or (init == "pretrain" and not cfg.kernels.include_pretrained):
+    if init == "random" or (init == "pretrain" and not cfg.kernels.bundles_pretrained):
         return {}
     if init != "pretrain":
         return {"init": Path(init)}
@@ -90,7 +90,7 @@ def inputs(cfg: Config) -> list[Path]:
     layout, params = cfg.layout, cfg.kernels
     files = [layout.thresholds, *bundled_models(cfg), *params.extra_files, *params.find_links]
     train = train_config(cfg)
-    if train.finetune.init == "pretrain" and params.include_pretrained:
+    if train.finetune.init == "pretrain" and params.bundles_pretrained:
         files.append(layout.pretrain_summary)
     files += pretrained_models(cfg, train).values()
     if params.train_config is not None:
