@@ -26,6 +26,12 @@ NPROC ?= 1
 TRAIN = $(if $(filter-out 1,$(NPROC)),$(BIN)/torchrun --standalone --nproc_per_node $(NPROC) -m pipeline,$(BIN)/cellpipe)
 train = $(TRAIN) $(1) $(SETTINGS) $(2)
 
+ifneq ($(DATA),$(WORK)/data)
+ifeq ($(origin CONFIG),file)
+$(info make: DATA=$(DATA) runs with CONFIG=$(CONFIG), the 2-core CPU config (minutes of training, to try the pipeline end to end); give CONFIG=configs/kaggle_gpu.yaml or your own for a real run)
+endif
+endif
+
 .PHONY: stages test lint venv clean leaderboard kernels push
 # held-out scores too when the data has the truth of its test images (a benchmark dataset, or the
 # synthetic one, whose prepare writes it beside train.csv)
