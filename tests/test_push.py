@@ -141,6 +141,7 @@ def test_push_creates_the_dataset_pushes_the_kernel_and_submits(work, tmp_path, 
     assert any("BUNDLE = 'cellpipe-bundle'" in c["source"] for c in cells)
 
     assert len(stub.calls(SESSION)) == 2  # polled until the version has run
+    assert {r.json().get("versionLabel") for r in stub.calls(SESSION)} == {"v7"}  # that version
     [submit] = stub.calls(SUBMIT)
     sent = submit.json()
     assert sent["competitionName"] == COMPETITION
@@ -149,6 +150,20 @@ def test_push_creates_the_dataset_pushes_the_kernel_and_submits(work, tmp_path, 
     assert sent["submissionDescription"] == "first try"
     order = [r.rpc for r in stub.requests if r.rpc and r.rpc != UPLOAD]
     assert order.index(CREATE) < order.index(SAVE) < order.index(SUBMIT)
+
+
+def test_the_submission_description_carries_the_ledger_key(work, tmp_path, monkeypatch):
+    ledger = tmp_path / "leaderboard.jsonl"
+    oof = str(work / "postprocess" / "oof.csv")
+    entries = [{"key": "aaaa", "submission": oof}, {"key": "bbbb", "submission": "other.csv"}]
+    entries.append({"key": "cccc", "submission": oof})  # the latest score of this run
+    ledger.write_text("".join(json.dumps(e) + "\n" for e in entries))
+    with KaggleStub() as stub:
+        kaggle(stub)
+        client_env(monkeypatch, stub, tmp_path / "cfg")
+        assert push(work, "kernels.message=fold ensemble", f"score.ledger={ledger}") == 0
+    [submit] = stub.calls(SUBMIT)
+    assert submit.json()["submissionDescription"] == "fold ensemble [cccc]"
 
 
 def test_an_existing_dataset_gets_a_new_version(work, tmp_path, monkeypatch):

@@ -3,10 +3,10 @@
 With the real kaggle client, as the CLI would do it: `kaggle datasets create` (or `version` when the
 dataset exists) with sub-folders zipped, waiting until Kaggle has processed it; `kaggle kernels
 push` of the inference notebook (and of the training one with `kernels.push_train`); then, with
-`kernels.submit`, waiting for that notebook version to run and `kaggle competitions submit -k
-OWNER/SLUG -v VERSION`. The owner is `kernels.owner` or the account of the Kaggle config; the
-metadata is rewritten for it before anything is sent. Without credentials, offline, or when
-Kaggle refuses, it stops with one line.
+`kernels.submit`, waiting for that notebook version's run and `kaggle competitions submit -k
+OWNER/SLUG -v VERSION -m "MESSAGE [LEDGER KEY]"`. The owner is `kernels.owner` or the account of
+the Kaggle config; the metadata is rewritten for it before anything is sent. Without
+credentials, offline, or when Kaggle refuses, it stops with one line.
 """
 
 from __future__ import annotations
@@ -63,10 +63,22 @@ def wait_for(
         time.sleep(params.poll_seconds)
 
 
-def kernel_state(api: Any, kernel: str) -> tuple[str, str]:
-    """The state of the kernel's latest run, and Kaggle's message when it failed."""
-    session = api.kernels_status(kernel)
+def kernel_state(api: Any, kernel: str, version: int) -> tuple[str, str]:
+    """The state of that version's run (not the latest one's, which may be another push's), and
+    Kaggle's message when it failed."""
+    session = api.kernels_status(f"{kernel}/{version}")
     return session.status.name.lower(), session.failure_message or ""
+
+
+def submission_description(cfg: Config) -> str:
+    """`kernels.message`, with the ledger key of this run's latest out-of-fold score in
+    brackets, so that `cellpipe leaderboard --refresh` finds the entry the submission belongs to."""
+    from pipeline.core.ledger import read_ledger
+
+    oof = str(cfg.layout.postprocessed("oof"))
+    entries = read_ledger(cfg.score.ledger) if cfg.score.ledger.is_file() else []
+    keys = [e["key"] for e in entries if e.get("submission") == oof]
+    return f"{cfg.kernels.message} [{keys[-1]}]" if keys else cfg.kernels.message
 
 
 def dataset_exists(api: Any, dataset: str) -> bool:
@@ -132,7 +144,7 @@ def push(cfg: Config) -> None:
     with kaggle_call(f"kernel {kernel}"):
         wait_for(
             f"kernel {kernel} version {version}",
-            lambda: kernel_state(api, kernel),
+            lambda: kernel_state(api, kernel, version),
             KERNEL_DONE,
             KERNEL_FAILED,
             cfg,
@@ -140,7 +152,7 @@ def push(cfg: Config) -> None:
     with kaggle_call(f"submission to {cfg.prepare.competition}"):
         response = api.competition_submit_code(
             SUBMISSION_FILE,
-            params.message,
+            submission_description(cfg),
             competition=cfg.prepare.competition,
             kernel=kernel,
             kernel_version=version,
