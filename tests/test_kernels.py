@@ -288,6 +288,9 @@ def test_inference_notebook_runs_offline_in_a_simulated_kaggle(
     assert sorted(p.name for p in working.iterdir()) == ["submission.csv"]
 
 
+FOLD_FILES = ("metrics.jsonl", "model_best.pth")
+
+
 def test_training_notebook_fine_tunes_from_the_bundle(built, project, tmp_path, monkeypatch):
     _, data, _ = project
     working, _, printed = run_in_kaggle(built, data, "train", tmp_path, monkeypatch)
@@ -302,6 +305,18 @@ def test_training_notebook_fine_tunes_from_the_bundle(built, project, tmp_path, 
         assert network == block
     thresholds = json.loads((out / "thresholds.json").read_text())
     assert thresholds["cv"]["images"] == 6  # every training image predicted out of fold
+    # the output holds what inference needs, no optimizer checkpoint, COCO file or prediction
+    written = sorted(str(p.relative_to(working)) for p in working.rglob("*") if p.is_file())
+    folds = [f"cellpipe/finetune/maskrcnn/fold{k}/{name}" for k in (0, 1) for name in FOLD_FILES]
+    assert written == sorted(
+        [
+            *folds,
+            "cellpipe/finetune/summary.json",
+            "cellpipe/thresholds.json",
+            "cellpipe/config.yaml",
+        ]
+    )
+    assert load_config(out / "config.yaml").model.family == "maskrcnn"  # resolved, no _base_
 
 
 def run_kernels(project, *overrides):

@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import load_config
+from pipeline.config import dump_yaml, load_config
 from pipeline.core.fileio import write_text
 
 
@@ -32,3 +32,27 @@ def place_pretrained(config: Path, models: dict[str, Path]) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, target)
     write_pretrain_summary(layout, {f: layout.pretrain_model(f) for f in models})
+
+
+def export_training_outputs(config: Path, dest: Path) -> list[Path]:
+    """Copy what inference needs from a training run to `dest` (the kernel's output), in the
+    work folder's layout: every fold's `model_best.pth` with its `metrics.jsonl`, the finetune
+    summary, `thresholds.json` and the run's config, resolved; never optimizer checkpoints,
+    COCO files or predictions. The files written, relative to `dest`."""
+    cfg = load_config(config)
+    layout = cfg.layout
+    work = layout.work
+    files = [
+        *sorted(layout.finetune_dir.glob("*/fold*/model_best.pth")),
+        *sorted(layout.finetune_dir.glob("*/fold*/metrics.jsonl")),
+        layout.finetune_summary,
+        layout.thresholds,
+    ]
+    copied = []
+    for path in [p for p in files if p.is_file()]:
+        target = dest / path.relative_to(work)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target)
+        copied.append(target.relative_to(dest))
+    write_text(dest / "config.yaml", dump_yaml(cfg))  # resolved: no path into the bundle
+    return [*copied, Path("config.yaml")]
