@@ -9,7 +9,7 @@ its own, on the embedded synthetic data built in a temporary folder with configs
 - peak RSS of the process;
 - fold 0 fine-tuned for --iters iterations: its validation MAP-IoU (default thresholds).
 Prints each figure and detectron2 / torchvision ratios. Needs detectron2 (`make detectron2`).
-Usage: `python benchmarks/detectron2.py [--iters 60] [--steps 5]`.
+Usage: `python benchmarks/detectron2_vs_torchvision.py [--iters 60] [--steps 5]`.
 """
 
 from __future__ import annotations
