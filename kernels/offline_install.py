@@ -65,6 +65,34 @@ subprocess.run(
     check=True,
 )
 importlib.invalidate_caches()
+
+
+def check_requirements() -> None:
+    """Print cellpipe's requirements as this image has them; stop with one line naming those it
+    lacks (a version other than cellpipe's pin is printed, not fatal: Kaggle's torch is older)."""
+    import re
+    from importlib import metadata
+
+    found, missing = [], []
+    for spec in metadata.requires("cellpipe") or []:
+        if ";" in spec:
+            continue  # an extra's (dev, detectron2)
+        name = re.split(r"[<>=!~ \[]", spec, maxsplit=1)[0]
+        try:
+            found.append(
+                f"{name} {metadata.version(name)} (cellpipe: {spec[len(name) :] or 'any'})"
+            )
+        except metadata.PackageNotFoundError:
+            missing.append(spec)
+    print("packages:", "; ".join(found))
+    if missing:
+        raise RuntimeError(
+            f"the Kaggle image lacks {', '.join(missing)}: add them to kernels.wheels and rebuild "
+            "the bundle (cellpipe kernels)"
+        )
+
+
+check_requirements()
 import pipeline  # noqa: E402
 
 print(f"bundle {BUNDLE_DIR} (cellpipe {MANIFEST['version']}, commit {MANIFEST['commit']})")

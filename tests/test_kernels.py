@@ -8,10 +8,12 @@ under a temporary /kaggle/input as newer kernels mount them.
 
 import json
 import math
+import re
 import subprocess
 import sys
 import sysconfig
 import zipfile
+from importlib import metadata
 from pathlib import Path
 
 import nbformat
@@ -202,12 +204,14 @@ def test_bundle_holds_what_the_kernels_need(built, project, capsys):
     assert "kernels: up to date" in capsys.readouterr().out
 
 
-def kaggle_image(root: Path) -> Path:
-    """A fresh virtualenv seeing this one's packages except cellpipe, as the Kaggle image does."""
+def kaggle_image(root: Path, without: tuple[str, ...] = ()) -> Path:
+    """A fresh virtualenv seeing this one's packages except cellpipe (and `without`), as the
+    Kaggle image does."""
     image = root / "image-site-packages"
     image.mkdir()
+    left_out = ("cellpipe", "pipeline", "__pycache__", *without)
     for entry in Path(sysconfig.get_paths()["purelib"]).iterdir():
-        if "cellpipe" not in entry.name and entry.name not in ("pipeline", "__pycache__"):
+        if not entry.name.startswith(left_out):
             (image / entry.name).symlink_to(entry)
     venv = root / "kaggle-venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
@@ -222,7 +226,7 @@ def kaggle_image(root: Path) -> Path:
     return python
 
 
-def run_in_kaggle(built, data, kind, tmp_path, monkeypatch):
+def run_in_kaggle(built, data, kind, tmp_path, monkeypatch, without=()):
     """Execute the kind's notebook in a simulated Kaggle; return /kaggle/working, the fresh
     virtualenv and the text the notebook printed."""
     from nbclient import NotebookClient
@@ -237,7 +241,7 @@ def run_in_kaggle(built, data, kind, tmp_path, monkeypatch):
     bundle = inputs / "datasets" / "tester" / "cellpipe-bundle"
     bundle.parent.mkdir(parents=True)
     subprocess.run(["cp", "-r", str(built / "bundle"), str(bundle)], check=True)
-    python = kaggle_image(tmp_path)
+    python = kaggle_image(tmp_path, without)
     no_network = "http://127.0.0.1:9"  # nothing listens there
     env = {
         "KAGGLE_INPUT_DIR": str(inputs),
@@ -275,7 +279,10 @@ def test_inference_notebook_runs_offline_in_a_simulated_kaggle(
     built, project, tmp_path, monkeypatch
 ):
     _, data, _ = project
-    working, venv, _ = run_in_kaggle(built, data, "inference", tmp_path, monkeypatch)
+    working, venv, printed = run_in_kaggle(built, data, "inference", tmp_path, monkeypatch)
+    assert (
+        f"torch {metadata.version('torch')} (cellpipe: ==" in printed
+    )  # the image's versions, printed
     site = next(venv.glob("lib/python*/site-packages"))
     assert (site / "cellpipe_test_dep" / "__init__.py").is_file()  # the bundled dependency
     submission = working / "submission.csv"
@@ -286,6 +293,19 @@ def test_inference_notebook_runs_offline_in_a_simulated_kaggle(
     assert {line.split(",")[0] for line in lines[1:]} == test_ids
     assert all(line.split(",")[1] for line in lines[1:])  # instances in every image
     assert sorted(p.name for p in working.iterdir()) == ["submission.csv"]
+
+
+def test_a_package_missing_from_the_image_stops_the_notebook_in_one_line(
+    built, project, tmp_path, monkeypatch
+):
+    from nbclient.exceptions import CellExecutionError
+
+    _, data, _ = project
+    with pytest.raises(CellExecutionError) as failed:
+        run_in_kaggle(built, data, "inference", tmp_path, monkeypatch, without=("tifffile",))
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(failed.value))  # the traceback's colours
+    said = [line for line in text.splitlines() if line.startswith("RuntimeError: ")]
+    assert said and "the Kaggle image lacks tifffile>=" in said[-1]
 
 
 FOLD_FILES = ("metrics.jsonl", "model_best.pth")
