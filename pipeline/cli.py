@@ -21,6 +21,7 @@ COMMANDS = {
     "finetune": "train each model family on every fold",
     "predict": "out-of-fold and test predictions, with TTA and ensembling",
     "tune": "per-class thresholds that maximise out-of-fold MAP-IoU",
+    "pseudo": "pseudo-labels for the unlabelled images (train_semi_supervised/)",
     "postprocess": "thresholds and overlap removal -> final instances",
     "submit": "write and validate submission.csv",
     "validate": "check a submission CSV as Kaggle would",

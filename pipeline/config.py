@@ -326,6 +326,8 @@ class FinetuneConfig(TrainConfig):
 
     init: str = "pretrain"
     folds: list[int] = []  # folds to train; empty: every fold of folds.n_folds
+    pseudo: bool = False  # every fold also trains on the pseudo-labelled images of
+    # work/coco/pseudo.json (`cellpipe pseudo`); validation stays on the fold's held-out images
     solver: FinetuneSolverConfig = FinetuneSolverConfig()
 
 
@@ -473,12 +475,14 @@ class Config(Section):
         """The folds that get a fine-tuned model: finetune.folds, else every fold."""
         return list(self.finetune.folds) or list(range(self.folds.n_folds))
 
-    def image_folders(self, split: Literal["train", "test"]) -> list[Path]:
+    def image_folders(self, split: Literal["train", "test", "semi"]) -> list[Path]:
         """The folders holding a split's images (declared stage inputs: their listing, sizes and
         modification times are part of what makes a stage up to date)."""
         layout = self.layout
         if split == "test":
             folders = [layout.test_images]
+        elif split == "semi":
+            folders = [layout.semi_images]
         elif self.convert.source_format == "kaggle_csv":
             folders = [layout.train_images]
         else:
@@ -529,6 +533,7 @@ class Layout:
         self.train_csv = data / "train.csv"
         self.train_images = data / "train"
         self.test_images = data / "test"
+        self.semi_images = data / "train_semi_supervised"  # unlabelled: pseudo-labels
         self.sample_submission = data / "sample_submission.csv"
         self.test_truth = data / "test_truth.csv"  # optional: held-out images' truth, reported
         self.livecell = data / "LIVECell_dataset_2021"
@@ -537,6 +542,7 @@ class Layout:
         self.coco_test = self.coco_dir / "test.json"
         self.coco_livecell_train = self.coco_dir / "livecell_train.json"
         self.coco_livecell_val = self.coco_dir / "livecell_val.json"
+        self.coco_pseudo = self.coco_dir / "pseudo.json"  # cellpipe pseudo's labels
         self.folds_csv = work / "folds.csv"
         self.manifests = work / "manifests"
         self.pretrain_dir = work / "pretrain"

@@ -5,6 +5,7 @@ real, reads what the previous one wrote and writes what the next one needs, not 
 """
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -198,3 +199,31 @@ def test_weight_mixes_are_distinct_and_mix_two_families_or_more():
     # 20 assignments with two positive weights or more, less (.5, .5, 0) x 3 and (.5, .5, .5)
     assert len(mixes) == len({tuple(m.values()) for m in mixes}) == 16
     assert weight_mixes(["a"], [0.0, 1.0]) == []
+
+
+def test_pseudo_labels_are_trained_on_beside_each_fold(work, tmp_path, capsys):
+    copy = tmp_path / "work"  # the chain's folder stays as the other tests expect it
+    shutil.copytree(work, copy)
+    assert cellpipe(copy, "pseudo") == 0
+    pseudo = json.loads((copy / "coco" / "pseudo.json").read_text())
+    train = json.loads((copy / "coco" / "train.json").read_text())
+    assert pseudo["categories"] == train["categories"]
+    assert pseudo["images"] and pseudo["annotations"]
+    assert all(im["file_name"].startswith("train_semi_supervised/") for im in pseudo["images"])
+    assert {a["image_id"] for a in pseudo["annotations"]} == {im["id"] for im in pseudo["images"]}
+    assert {a["category_id"] for a in pseudo["annotations"]} <= {
+        c["id"] for c in train["categories"]
+    }
+    capsys.readouterr()
+    assert cellpipe(copy, "finetune", "finetune.pseudo=true", "finetune.folds=[0]") == 0
+    folds = pd.read_csv(copy / "folds.csv")
+    expected = int((folds["fold"] != 0).sum()) + len(pseudo["images"])
+    assert f"{expected} training images" in capsys.readouterr().out
+    capsys.readouterr()
+    assert cellpipe(copy, "pseudo") == 0  # its fold 0 model changed: labelled again
+    assert "pseudo: up to date" not in capsys.readouterr().out
+
+
+def test_pseudo_labels_need_the_tuned_models(tmp_path, capsys):
+    assert cellpipe(tmp_path, "pseudo") == 2
+    assert "missing input" in capsys.readouterr().err

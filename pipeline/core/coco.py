@@ -313,13 +313,39 @@ def read_livecell(json_path: Path | str, image_dir: Path, data_root: Path) -> di
     return {"images": images, "annotations": annotations, "categories": _categories(lines)}
 
 
-def _labels_to_annotations(labels: np.ndarray, image_id: int, first_id: int) -> list[dict]:
+def labels_to_annotations(
+    labels: np.ndarray,
+    image_id: int,
+    first_id: int,
+    category_ids: Sequence[int] | None = None,
+) -> list[dict]:
+    """COCO annotations (ids from `first_id`) of a label image's instances in label order, of
+    category 1 or of `category_ids` (one per label)."""
     labels = labels if labels.ndim == 2 else labels[..., 0]
     texts = rle.encode_labels(labels.astype(np.int64, copy=False))
     runs = rle.parse_runs(list(texts.values()), labels.shape)
-    return _annotations(
-        runs_to_coco(runs, labels.shape, "row"), image_id, [1] * len(texts), first_id
-    )
+    categories = [1] * len(texts) if category_ids is None else list(category_ids)
+    return _annotations(runs_to_coco(runs, labels.shape, "row"), image_id, categories, first_id)
+
+
+def unlabelled_coco(folder: Path, data_root: Path, categories: list[dict]) -> dict[str, Any]:
+    """COCO of a folder of images without annotations (test images, unlabelled ones), with the
+    given categories (the training ones); a one-line error for a folder without images."""
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise CellpipeError(f"no images in {folder}")
+    images = []
+    for image_id, path in enumerate(files, start=1):
+        height, width = image_shape(path)
+        images.append(
+            {
+                "id": image_id,
+                "file_name": str(path.relative_to(data_root)),
+                "height": height,
+                "width": width,
+            }
+        )
+    return {"images": images, "annotations": [], "categories": categories}
 
 
 def _image_files(folder: Path) -> list[Path]:
@@ -363,7 +389,7 @@ def label_images_to_coco(images_dir: Path, labels_dir: Path, data_root: Path) ->
                 "width": width,
             }
         )
-        annotations += _labels_to_annotations(labels, image_id, len(annotations) + 1)
+        annotations += labels_to_annotations(labels, image_id, len(annotations) + 1)
     if not images:
         raise CellpipeError(f"no images in {images_dir}")
     return {"images": images, "annotations": annotations, "categories": _categories(["cell"])}
@@ -396,7 +422,7 @@ def instance_masks_to_coco(root: Path, data_root: Path) -> dict[str, Any]:
                     f"{mask_path}: mask is {mask.shape[0]}x{mask.shape[1]} but "
                     f"the image is {height}x{width}"
                 )
-            annotations += _labels_to_annotations(
+            annotations += labels_to_annotations(
                 (mask if mask.ndim == 2 else mask[..., 0]) > 0, image_id, len(annotations) + 1
             )
     if not images:

@@ -6,7 +6,6 @@ import argparse
 from pathlib import Path
 
 from pipeline.config import Config
-from pipeline.core.errors import CellpipeError
 from pipeline.runner import run_stage
 
 
@@ -17,27 +16,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar=("COCO_JSON", "CSV"),
         help="convert a COCO JSON back to a competition CSV instead",
     )
-
-
-def _test_coco(test_dir: Path, data_root: Path) -> dict:
-    from pipeline.core.coco import IMAGE_SUFFIXES, _categories
-    from pipeline.core.fileio import image_shape
-
-    files = sorted(p for p in test_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise CellpipeError(f"no test images in {test_dir}")
-    images = []
-    for image_id, path in enumerate(files, start=1):
-        height, width = image_shape(path)
-        images.append(
-            {
-                "id": image_id,
-                "file_name": str(path.relative_to(data_root)),
-                "height": height,
-                "width": width,
-            }
-        )
-    return {"images": images, "annotations": [], "categories": _categories([])}
 
 
 def convert(cfg: Config) -> None:
@@ -58,7 +36,7 @@ def convert(cfg: Config) -> None:
     write_json(layout.coco_train, train)
     if params.source_format == "kaggle_csv":
         # the test images have no labels: their categories are the training ones
-        test = {**_test_coco(layout.test_images, layout.data), "categories": train["categories"]}
+        test = coco.unlabelled_coco(layout.test_images, layout.data, train["categories"])
         write_json(layout.coco_test, test)
     print(
         f"convert: {len(train['images'])} images, {len(train['annotations'])} instances "

@@ -57,6 +57,7 @@ def main(cfg: Config, args: argparse.Namespace) -> None:
                         layout.folds_csv,
                         *cfg.image_folders("train"),
                         *([start] if start else []),
+                        *([layout.coco_pseudo] if train.pseudo else []),
                     ],
                     outputs=[layout.finetune_model(family, k)],
                     params=params,
@@ -69,6 +70,7 @@ def main(cfg: Config, args: argparse.Namespace) -> None:
                         ids,
                         start,
                         ctx,
+                        layout.coco_pseudo if train.pseudo else None,
                     ),
                     force=args.force,
                 )

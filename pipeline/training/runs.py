@@ -122,8 +122,11 @@ def train_run(
     image_ids: tuple[Sequence[int] | None, Sequence[int] | None],
     init: Path | None,
     ctx: Context,
+    extra: Path | None = None,
 ) -> dict[str, Any]:
-    """Train one model in `run_dir` (resuming it if it was interrupted); return its best score."""
+    """Train one model in `run_dir` (resuming it if it was interrupted); return its best score.
+
+    extra: a COCO file (pseudo-labels) whose images are trained on too, every one of them."""
     family = params.family
     train_path, val_path = coco_paths
     coco = read_json(train_path)
@@ -131,6 +134,10 @@ def train_run(
         coco["categories"], train.categories, train.class_map, train.default_class
     )
     records, notes = load_records(coco, cfg.data, mapping, image_ids[0])
+    extra_coco = read_json(extra) if extra is not None else {"images": []}
+    if extra_coco["images"]:  # pseudo-labelling may keep no image
+        extra_records, _ = load_records(extra_coco, cfg.data, mapping)
+        records += extra_records
     block = cfg.model.block(family)
     validate = None
     if val_path is not None:

@@ -1,0 +1,95 @@
+"""Stage `pseudo`: pseudo-labels for the unlabelled images (`train_semi_supervised/`).
+
+The test-time models predict them as they predict the test images: each trained family's fold
+models as one (`CellModel.combine`), every `predict.tta` view, the families `tune` chose merged
+with their tuned weights. The tuned thresholds and overlap removal keep the instances they would
+keep in a submission (the confident ones), each with its predicted class; the result is a COCO
+file, work/coco/pseudo.json. `cellpipe finetune finetune.pseudo=true` then trains every fold on
+its training images plus all of these, and validates on the same held-out images as before, so
+the out-of-fold scores measure the gain. (The labelling models saw every training image, the
+validation ones included: what leaks into a fold is their knowledge of other images, as in the
+competition's pseudo-labelling solutions.)
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from pipeline.config import Config
+
+
+def pseudo_label(cfg: Config) -> None:
+    """Write `layout.coco_pseudo`: the kept instances of every unlabelled image."""
+    import torch
+    from tqdm import tqdm
+
+    from pipeline.core.coco import labels_to_annotations, unlabelled_coco
+    from pipeline.core.ensemble import merge_families
+    from pipeline.core.errors import CellpipeError
+    from pipeline.core.fileio import read_json, write_json
+    from pipeline.core.postprocess import load_tuned, postprocess_image
+    from pipeline.models import build_model, family_class
+    from pipeline.models.checkpoints import load_model
+    from pipeline.models.inference import device_for, predict_images
+
+    layout, params = cfg.layout, cfg.predict
+    if not layout.semi_images.is_dir():
+        raise CellpipeError(f"no unlabelled images: missing {layout.semi_images}")
+    categories = read_json(layout.coco_train)["categories"]
+    coco = unlabelled_coco(layout.semi_images, layout.data, categories)
+    category_ids = {c["name"]: c["id"] for c in categories}
+    tuned = load_tuned(layout.thresholds)
+    used = [f for f, w in tuned.weights.items() if w > 0]
+    device = device_for(params.device)
+    preds = {}
+    with torch.inference_mode():
+        for family in used:
+            if family_class(family).trainable:
+                folds = [
+                    load_model(layout.finetune_model(family, k), device, cfg.model)
+                    for k in cfg.folds_trained
+                ]
+                models = family_class(family).combine(folds)
+            else:
+                names = [c["name"] for c in categories]
+                models = [build_model(cfg.model, names, family).to(device).eval()]
+            preds[family] = predict_images(
+                models, coco["images"], cfg, category_ids, device, f"pseudo {family}"
+            )
+    chosen = (
+        preds[used[0]]
+        if len(used) == 1
+        else merge_families(preds, tuned.weights, params.merge_iou, params.min_votes)
+    )
+    annotations: list[dict] = []
+    kept_images = []
+    for image in tqdm(coco["images"], desc="pseudo labels", unit="img"):
+        pred = chosen[layout.data.joinpath(image["file_name"]).stem]
+        labels, kept = postprocess_image(pred, tuned.thresholds)
+        if not len(kept):
+            continue  # nothing confident: the image would only teach background
+        classes = pred.labels[kept]
+        annotations += labels_to_annotations(labels, image["id"], len(annotations) + 1, classes)
+        kept_images.append(image)
+    write_json(layout.coco_pseudo, {**coco, "images": kept_images, "annotations": annotations})
+    print(
+        f"pseudo: {len(annotations)} instances in {len(kept_images)} of {len(coco['images'])} "
+        f"unlabelled images ({', '.join(used)}) -> {layout.coco_pseudo}"
+    )
+
+
+def main(cfg: Config, args: argparse.Namespace) -> None:
+    from pipeline.runner import run_stage
+
+    layout = cfg.layout
+    inputs = [layout.coco_train, layout.thresholds, *cfg.image_folders("semi")]
+    inputs += cfg.fold_models()
+    run_stage(
+        "pseudo",
+        cfg,
+        inputs=inputs,
+        outputs=[layout.coco_pseudo],
+        params={"predict": cfg.predict, "scale": cfg.model.scale, "model": cfg.model},
+        body=lambda: pseudo_label(cfg),
+        force=args.force,
+    )
