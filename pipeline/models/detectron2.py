@@ -81,9 +81,10 @@ class Detectron2Model(CellModel):
 
     def __init__(self, cfg: Detectron2Config, classes: Sequence[str], scale: float = 1.0):
         super().__init__(cfg, classes, scale)
+        config = detectron2_config(cfg, len(self.classes))  # one line if detectron2 is missing
         from detectron2.modeling import build_model
 
-        net = build_model(detectron2_config(cfg, len(self.classes)))
+        net = build_model(config)
         # detectron2's parts as this module's own: state-dict keys stay detectron2's
         self.backbone, self.proposal_generator = net.backbone, net.proposal_generator
         self.roi_heads = net.roi_heads
