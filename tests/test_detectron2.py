@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_stages_inference import TINY_DATA
 
 from pipeline.cli import main
 from pipeline.config import Detectron2Config, MaskRCNNConfig, ModelConfig
@@ -98,14 +99,7 @@ def test_model_zoo_pickles_load_into_the_family_with_new_class_heads(tmp_path):
 
 
 TINY = [
-    "prepare.synthetic.train_images_per_type=2",
-    "prepare.synthetic.samples_per_type=2",
-    "prepare.synthetic.test_images=2",
-    "prepare.synthetic.semi_supervised_images=1",
-    "prepare.synthetic.height=96",
-    "prepare.synthetic.width=128",
-    "convert.livecell=false",
-    "folds.n_folds=2",
+    *TINY_DATA,
     "model.family=detectron2",
     "model.detectron2.norm=gn",
     "finetune.init=random",

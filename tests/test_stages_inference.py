@@ -19,7 +19,7 @@ from pipeline.core.predictions import load_predictions
 from pipeline.core.submission import read_submission
 
 REPO = Path(__file__).parents[1]
-TINY = [
+TINY_DATA = [  # a few small synthetic images, two folds, no LIVECell
     "prepare.synthetic.train_images_per_type=2",
     "prepare.synthetic.samples_per_type=2",
     "prepare.synthetic.test_images=2",
@@ -28,6 +28,9 @@ TINY = [
     "prepare.synthetic.width=128",
     "convert.livecell=false",
     "folds.n_folds=2",
+]
+TINY = [
+    *TINY_DATA,
     "finetune.init=random",
     "finetune.solver.max_iter=2",
     "finetune.solver.eval_period=0",
