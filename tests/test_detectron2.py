@@ -143,3 +143,29 @@ def test_the_family_trains_predicts_tunes_and_submits_on_the_embedded_data(tmp_p
     assert "roi_heads.mask_head.predictor.weight" in checkpoint["model"]  # detectron2's names
     submission = (tmp_path / "submission.csv").read_text().splitlines()
     assert submission[0] == "id,predicted" and len(submission) > 1
+
+
+@needs_detectron2
+@pytest.mark.slow
+def test_the_family_trains_under_ddp_with_two_cpu_processes(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from test_engine import workspace
+
+    config, base = workspace(tmp_path)
+    family = ["model.family=detectron2", "predict.models=[detectron2]", "model.detectron2.norm=gn"]
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+        "-m", "pipeline", "finetune", "-c", str(config), *base, *family,
+        "finetune.init=random", "finetune.folds=[1]", "finetune.solver.max_iter=2",
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    checkpoint = torch.load(
+        tmp_path / "work" / "finetune" / "detectron2" / "fold1" / "checkpoint.pth",
+        weights_only=True,
+    )
+    assert checkpoint["iteration"] == 2 and len(checkpoint["rng"]) == 2  # both processes
