@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import pickle
 import re
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -71,7 +72,7 @@ def as_state_dict(obj: Any, path: Path | str) -> dict[str, torch.Tensor]:
                 break
     if not isinstance(obj, dict) or not obj:
         raise CellpipeError(f"{path}: expected a state dict (names -> tensors)")
-    state = {}
+    state: dict[str, torch.Tensor] = OrderedDict()
     for name, value in obj.items():
         if isinstance(value, np.ndarray):
             value = torch.from_numpy(np.ascontiguousarray(value))
@@ -79,6 +80,8 @@ def as_state_dict(obj: Any, path: Path | str) -> dict[str, torch.Tensor]:
             state[str(name)] = value
     if not state:
         raise CellpipeError(f"{path}: no tensor in it")
+    if hasattr(obj, "_metadata"):  # module versions: torchvision renames keys of old files by them
+        state._metadata = obj._metadata  # type: ignore[attr-defined]
     return state
 
 

@@ -95,3 +95,20 @@ def predict_images(
                 out[stem] = merge_predictions(image_views, params.merge_iou, params.min_votes)
             bar.update(len(batch))
     return out
+
+
+def inference_models(
+    cfg: Config,
+    family: str,
+    checkpoints: Sequence[Path],
+    class_names: Sequence[str],
+    device: torch.device,
+) -> list[CellModel]:
+    """The models that predict unseen images for `family`: its checkpoints as the family
+    combines them (a flow U-Net's folds as one), or the family itself when it has no weights."""
+    from pipeline.models import build_model, family_class
+    from pipeline.models.checkpoints import load_model
+
+    if family_class(family).trainable:
+        return family_class(family).combine([load_model(p, device, cfg.model) for p in checkpoints])
+    return [build_model(cfg.model, list(class_names), family).to(device).eval()]

@@ -64,17 +64,13 @@ def predict_family(cfg: Config, family: str, checkpoints: list[Path]) -> None:
     from pipeline.core.fileio import read_json
     from pipeline.core.predictions import save_predictions
     from pipeline.core.splits import coco_ids_by_fold
-    from pipeline.models import build_model, family_class
+    from pipeline.models import family_class
     from pipeline.models.checkpoints import load_model
-    from pipeline.models.inference import device_for, predict_images
+    from pipeline.models.inference import device_for, inference_models, predict_images
 
     layout, params = cfg.layout, cfg.predict
     device = device_for(params.device)
     trainable = family_class(family).trainable
-
-    def untrained(categories: list[dict]) -> list:
-        model = build_model(cfg.model, [c["name"] for c in categories], family)
-        return [model.to(device).eval()]
 
     with torch.inference_mode():
         if "oof" in params.splits:
@@ -90,7 +86,8 @@ def predict_family(cfg: Config, family: str, checkpoints: list[Path]) -> None:
                     desc = f"{family} oof {k}"
                     oof.update(predict_images([model], images, cfg, category_ids, device, desc))
             else:
-                models = untrained(train["categories"])
+                names = [c["name"] for c in train["categories"]]
+                models = inference_models(cfg, family, [], names, device)
                 images = list(by_id.values())
                 oof = predict_images(models, images, cfg, category_ids, device, f"{family} oof")
             save_predictions(layout.predictions(family, "oof"), oof)
@@ -99,12 +96,8 @@ def predict_family(cfg: Config, family: str, checkpoints: list[Path]) -> None:
             if not test["images"]:
                 raise CellpipeError(f"no test images in {layout.coco_test}")
             category_ids = {c["name"]: c["id"] for c in test["categories"]}
-            if trainable:
-                models = family_class(family).combine(
-                    [load_model(p, device, cfg.model) for p in checkpoints]
-                )
-            else:
-                models = untrained(test["categories"])
+            names = [c["name"] for c in test["categories"]]
+            models = inference_models(cfg, family, checkpoints, names, device)
             preds = predict_images(
                 models, test["images"], cfg, category_ids, device, f"{family} test"
             )

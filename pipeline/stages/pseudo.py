@@ -14,6 +14,7 @@ competition's pseudo-labelling solutions.)
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from pipeline.config import Config
 
@@ -28,9 +29,7 @@ def pseudo_label(cfg: Config) -> None:
     from pipeline.core.errors import CellpipeError
     from pipeline.core.fileio import read_json, write_json
     from pipeline.core.postprocess import load_tuned, postprocess_image
-    from pipeline.models import build_model, family_class
-    from pipeline.models.checkpoints import load_model
-    from pipeline.models.inference import device_for, predict_images
+    from pipeline.models.inference import device_for, inference_models, predict_images
 
     layout, params = cfg.layout, cfg.predict
     if not layout.semi_images.is_dir():
@@ -42,17 +41,11 @@ def pseudo_label(cfg: Config) -> None:
     used = [f for f, w in tuned.weights.items() if w > 0]
     device = device_for(params.device)
     preds = {}
+    names = [c["name"] for c in categories]
     with torch.inference_mode():
         for family in used:
-            if family_class(family).trainable:
-                folds = [
-                    load_model(layout.finetune_model(family, k), device, cfg.model)
-                    for k in cfg.folds_trained
-                ]
-                models = family_class(family).combine(folds)
-            else:
-                names = [c["name"] for c in categories]
-                models = [build_model(cfg.model, names, family).to(device).eval()]
+            folds = [layout.finetune_model(family, k) for k in cfg.folds_trained]
+            models = inference_models(cfg, family, folds, names, device)
             preds[family] = predict_images(
                 models, coco["images"], cfg, category_ids, device, f"pseudo {family}"
             )
@@ -64,7 +57,7 @@ def pseudo_label(cfg: Config) -> None:
     annotations: list[dict] = []
     kept_images = []
     for image in tqdm(coco["images"], desc="pseudo labels", unit="img"):
-        pred = chosen[layout.data.joinpath(image["file_name"]).stem]
+        pred = chosen[Path(image["file_name"]).stem]
         labels, kept = postprocess_image(pred, tuned.thresholds)
         if not len(kept):
             continue  # nothing confident: the image would only teach background
