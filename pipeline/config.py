@@ -410,8 +410,11 @@ class KernelsConfig(Section):
     license: str = "CC0-1.0"  # the dataset's one license
     public: bool = False  # dataset and kernels stay private unless set
     checkpoints: list[Path] = []  # bundled test models; empty: predict's (every fold's best)
+    inference: bool = True  # build the inference kernel (needs fold models and thresholds.json);
+    # false: a training bundle and kernel only, from a fresh checkout (push trains, never submits)
     include_pretrained: bool | None = None  # bundle the pretrain model, where the training
-    # kernel starts; None: only when push_train (an inference bundle never reads it)
+    # kernel starts; None: only when push_train or not inference (an inference bundle never
+    # reads it)
     train_config: Path | None = None  # the training kernel's config (e.g. configs/kaggle_gpu.yaml);
     # None: this run's config
     train_overrides: list[str] = []  # key=value on top of it, e.g. finetune.folds=[0]
@@ -421,6 +424,9 @@ class KernelsConfig(Section):
     python_version: str = "3.11"  # the Kaggle image's Python and platforms, for pip download
     platforms: list[str] = ["manylinux2014_x86_64", "manylinux_2_28_x86_64"]
     extra_files: list[Path] = []  # more files for the bundle's files/ folder
+    dataset_sources: list[str] = []  # more Kaggle datasets the kernels attach (owner/slug), e.g.
+    # the weights a config's init names under /kaggle/input/
+    model_sources: list[str] = []  # Kaggle Models they attach (owner/model/framework/variation/N)
     machine_shape: str = "NvidiaTeslaT4"  # the kernels' accelerator (kernel-metadata.json);
     # Kaggle retired the P100 (a kernel asking for it runs on a T4)
     image_pinning: Literal["original", "latest"] = "original"  # the Docker image a new kernel
@@ -436,7 +442,9 @@ class KernelsConfig(Section):
     @property
     def bundles_pretrained(self) -> bool:
         """Whether the bundle carries the pretrain model (`include_pretrained`)."""
-        return self.push_train if self.include_pretrained is None else self.include_pretrained
+        if self.include_pretrained is None:
+            return self.push_train or not self.inference
+        return self.include_pretrained
 
 
 class Config(Section):

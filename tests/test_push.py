@@ -242,3 +242,35 @@ def test_credentials_in_a_built_folder_stop_the_push(work, tmp_path, monkeypatch
 def test_push_needs_the_built_folders(tmp_path, capsys):
     assert main(["push", f"work_dir={tmp_path}"]) == 2
     assert "run `cellpipe kernels` first" in one_line_error(capsys)
+
+
+def test_a_fresh_checkout_builds_and_pushes_a_training_kernel(tmp_path, monkeypatch):
+    """No fold models, no thresholds.json: `kernels.inference=false` bundles cellpipe and the
+    training config, and push starts the training kernel without submitting anything."""
+    work = tmp_path / "fresh"
+    settings = [f"work_dir={work}", "kernels.inference=false", "finetune.init=random"]
+    settings += ["kernels.dataset_sources=[tester/torchvision-maskrcnn-coco]"]
+    settings += ["kernels.model_sources=[tester/livecell/pyTorch/r50/1]"]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("KAGGLE_CONFIG_DIR", str(tmp_path / "no-config"))
+        mp.delenv("KAGGLE_USERNAME", raising=False)
+        assert main(["kernels", *settings]) == 0
+    kernels = work / "kernels"
+    assert sorted(p.name for p in kernels.iterdir()) == ["bundle", "train"]
+    manifest = json.loads((kernels / "bundle" / "cellpipe-bundle.json").read_text())
+    assert manifest["checkpoints"] == [] and manifest["thresholds"] is None
+    assert manifest["pretrained"] == {}  # init=random: nothing to start from
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    with KaggleStub() as stub:
+        kaggle(stub)
+        client_env(monkeypatch, stub, tmp_path / "cfg")
+        push_settings = [*settings, "kernels.poll_seconds=0"]
+        assert main(["push", *push_settings]) == 0
+    [save] = stub.calls(SAVE)
+    assert save.json()["slug"] == "tester/cellpipe-train"
+    assert save.json()["datasetDataSources"] == [
+        "tester/cellpipe-bundle",
+        "tester/torchvision-maskrcnn-coco",
+    ]
+    assert save.json()["modelDataSources"] == ["tester/livecell/pyTorch/r50/1"]
+    assert not stub.calls(SESSION) and not stub.calls(SUBMIT)

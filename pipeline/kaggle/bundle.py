@@ -88,7 +88,9 @@ def pretrained_models(cfg: Config, train: Config) -> dict[str, Path]:
 def inputs(cfg: Config) -> list[Path]:
     """What `kernels` reads: models, thresholds, config, templates and cellpipe's source."""
     layout, params = cfg.layout, cfg.kernels
-    files = [layout.thresholds, *bundled_models(cfg), *params.extra_files, *params.find_links]
+    files = [*params.extra_files, *params.find_links]
+    if params.inference:
+        files += [layout.thresholds, *bundled_models(cfg)]
     train = train_config(cfg)
     if train.finetune.init == "pretrain" and params.bundles_pretrained:
         files.append(layout.pretrain_summary)
@@ -119,9 +121,9 @@ def build(cfg: Config) -> None:
 
     layout, params = cfg.layout, cfg.kernels
     owner = params.owner or kaggle_username()
-    models = bundled_models(cfg)
+    models = bundled_models(cfg) if params.inference else []
     names = [bundle_name(p) for p in models]
-    if not models:
+    if params.inference and not models:
         raise CellpipeError("no test models to bundle (kernels.checkpoints, predict.checkpoints)")
     if len(set(names)) != len(names):
         raise CellpipeError(f"two bundled models share a name: {names} (rename their folders)")
@@ -138,7 +140,8 @@ def build(cfg: Config) -> None:
         for key, path in pretrained_models(cfg, train).items():
             pretrained[key] = f"pretrained/{key}-{path.name}"
             _place(path, bundle / pretrained[key], link=True)
-        _place(layout.thresholds, bundle / "thresholds.json")
+        if params.inference:
+            _place(layout.thresholds, bundle / "thresholds.json")
         for path in params.extra_files:
             _place(path, bundle / "files" / path.name)
         wheels = bundle / "wheels"
@@ -154,7 +157,7 @@ def build(cfg: Config) -> None:
             "commit": git_commit(),
             "config": "config.yaml",
             "train_config": "train.yaml",
-            "thresholds": "thresholds.json",
+            "thresholds": "thresholds.json" if params.inference else None,
             "checkpoints": checkpoints,
             "pretrained": pretrained,  # family -> model, or "init" -> finetune.init's file
             "wheels": sorted(f"wheels/{p.name}" for p in wheels.glob("*.whl")),

@@ -38,8 +38,10 @@ def kaggle_username() -> str | None:
 
 
 def kernel_folders(cfg: Config) -> dict[str, Path]:
+    """The kernels `cellpipe kernels` writes: inference (unless kernels.inference=false), train."""
     layout = cfg.layout
-    return {"inference": layout.kernels_inference, "train": layout.kernels_train}
+    folders = {"inference": layout.kernels_inference, "train": layout.kernels_train}
+    return folders if cfg.kernels.inference else {"train": layout.kernels_train}
 
 
 def dataset_metadata(cfg: Config, owner: str) -> dict[str, Any]:
@@ -64,10 +66,10 @@ def kernel_metadata(cfg: Config, owner: str, kind: str) -> dict[str, Any]:
         "enable_gpu": True,
         "enable_tpu": False,
         "enable_internet": False,  # the client's default is true: a code submission needs false
-        "dataset_sources": [f"{owner}/{slug(params.dataset_title)}"],
+        "dataset_sources": [f"{owner}/{slug(params.dataset_title)}", *params.dataset_sources],
         "competition_sources": [cfg.prepare.competition],
         "kernel_sources": [],
-        "model_sources": [],
+        "model_sources": list(params.model_sources),
         "machine_shape": params.machine_shape,
         "docker_image_pinning_type": params.image_pinning,
     }

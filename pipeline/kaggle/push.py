@@ -130,7 +130,9 @@ def push(cfg: Config) -> None:
         )
 
     pushed = {}
-    for kind in ("inference", "train") if params.push_train else ("inference",):
+    kinds = [k for k in kernel_folders(cfg) if k == "inference" or params.push_train]
+    kinds = kinds or ["train"]  # a training bundle (kernels.inference=false): its kernel
+    for kind in kinds:
         kernel = kernel_metadata(cfg, owner, kind)["id"]
         with kaggle_call(f"kernel {kernel}"):
             response = api.kernels_push(str(folders[kind]))
@@ -138,7 +140,7 @@ def push(cfg: Config) -> None:
         pushed[kind] = (kernel, response.version_number)
         print(f"push: kernel {kernel} version {response.version_number}: {response.url}")
 
-    if not params.submit:
+    if not params.submit or "inference" not in pushed:
         return
     kernel, version = pushed["inference"]
     with kaggle_call(f"kernel {kernel}"):
