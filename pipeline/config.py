@@ -413,8 +413,8 @@ class KernelsConfig(Section):
     inference: bool = True  # build the inference kernel (needs fold models and thresholds.json);
     # false: a training bundle and kernel only, from a fresh checkout (push trains, never submits)
     include_pretrained: bool | None = None  # bundle the pretrain model, where the training
-    # kernel starts; None: only when push_train or not inference (an inference bundle never
-    # reads it)
+    # kernel starts; None: when push_train with inference (an inference bundle never reads it;
+    # a training bundle, kernels.inference=false, pretrains on Kaggle)
     train_config: Path | None = None  # the training kernel's config (e.g. configs/kaggle_gpu.yaml);
     # None: this run's config
     train_overrides: list[str] = []  # key=value on top of it, e.g. finetune.folds=[0]
@@ -442,8 +442,8 @@ class KernelsConfig(Section):
     @property
     def bundles_pretrained(self) -> bool:
         """Whether the bundle carries the pretrain model (`include_pretrained`)."""
-        if self.include_pretrained is None:
-            return self.push_train or not self.inference
+        if self.include_pretrained is None:  # a training bundle from a fresh checkout has none
+            return self.push_train and self.inference
         return self.include_pretrained
 
 
