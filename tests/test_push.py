@@ -6,6 +6,7 @@ import json
 import shutil
 import tempfile
 import zipfile
+from pathlib import Path
 
 import pytest
 from kaggle_stub import KaggleStub, client_env, json_reply
@@ -248,7 +249,8 @@ def test_a_fresh_checkout_builds_and_pushes_a_training_kernel(tmp_path, monkeypa
     """No fold models, no thresholds.json: `kernels.inference=false` bundles cellpipe and the
     training config, and push starts the training kernel without submitting anything."""
     work = tmp_path / "fresh"
-    settings = [f"work_dir={work}", "kernels.inference=false", "finetune.init=random"]
+    gpu = str(Path(__file__).parents[1] / "configs" / "kaggle_gpu.yaml")  # README's commands
+    settings = ["-c", gpu, f"work_dir={work}", "kernels.inference=false"]
     settings += ["kernels.dataset_sources=[tester/torchvision-maskrcnn-coco]"]
     settings += ["kernels.model_sources=[tester/livecell/pyTorch/r50/1]"]
     with pytest.MonkeyPatch.context() as mp:
@@ -259,7 +261,7 @@ def test_a_fresh_checkout_builds_and_pushes_a_training_kernel(tmp_path, monkeypa
     assert sorted(p.name for p in kernels.iterdir()) == ["bundle", "train"]
     manifest = json.loads((kernels / "bundle" / "cellpipe-bundle.json").read_text())
     assert manifest["checkpoints"] == [] and manifest["thresholds"] is None
-    assert manifest["pretrained"] == {}  # init=random: nothing to start from
+    assert manifest["pretrained"] == {}  # nothing local: the kernel pretrains on Kaggle
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     with KaggleStub() as stub:
         kaggle(stub)
