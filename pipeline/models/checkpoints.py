@@ -5,7 +5,7 @@ family's config block), `classes`, and what training adds (iteration, best score
 Checkpoints written before families existed (a flat Mask R-CNN `model_config`) read as family
 `maskrcnn`. Files are loaded with `weights_only=True` (`.pkl` model-zoo files with an unpickler
 that only rebuilds arrays): tensors and plain data, never code. Foreign weights (torchvision,
-detectron2, LIVECell) go through pipeline.models.foreign_weights.
+detectron2) go through pipeline.models.foreign_weights.
 """
 
 from __future__ import annotations
@@ -19,12 +19,7 @@ import torch
 from pipeline.config import MaskRCNNConfig, ModelConfig
 from pipeline.core.errors import CellpipeError
 from pipeline.models import CellModel, build_model
-from pipeline.models.foreign_weights import (
-    as_state_dict,
-    differing_settings,
-    read_pickle_arrays,
-    settings_line,
-)
+from pipeline.models.foreign_weights import as_state_dict, needed_overrides, read_pickle_arrays
 
 
 def read_checkpoint(path: Path | str) -> dict[str, Any]:
@@ -143,9 +138,8 @@ def foreign_state(
 
 def _check_settings(model: CellModel, settings: dict[str, Any]) -> None:
     """One-line error unless the model's config has the settings the weights were made with."""
-    wrong = differing_settings(model.cfg, settings)
-    if wrong:
-        needed = settings_line(model.family, wrong)
+    needed = needed_overrides(model.cfg, model.family, settings)
+    if needed:
         raise CellpipeError(f"needs {needed} (the weights were trained that way)")
 
 

@@ -1,11 +1,11 @@
 """Family `detectron2`: detectron2's own Mask R-CNN (`GeneralizedRCNN` from a model-zoo config),
 with the dense-cell knobs of `model.detectron2` (the same names as `model.maskrcnn`).
 
-State-dict keys are detectron2's, so its checkpoints (its model zoo, LIVECell's R50-FPN ones) load
-as they are with `init=<file>`. Images arrive as (C, H, W) in [0, 1]; detectron2 sees them as BGR
-0-255 normalised by `pixel_mean` / `pixel_std` (given, like `maskrcnn`'s, for RGB in [0, 1]).
-detectron2 is optional: `make detectron2` builds it from source; without it, building this family
-stops with one line saying so.
+State-dict keys are detectron2's, so its checkpoints (its model zoo's, or any trained with
+detectron2, e.g. on LIVECell) load as they are with `init=<file>`. Images arrive as (C, H, W) in
+[0, 1]; detectron2 sees them as BGR 0-255 normalised by `pixel_mean` / `pixel_std` (given, like
+`maskrcnn`'s, for RGB in [0, 1]). detectron2 is optional: `make detectron2` builds it from
+source; without it, building this family stops with one line saying so.
 """
 
 from __future__ import annotations
@@ -14,14 +14,18 @@ import importlib.util
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import numpy as np
 import torch
 
 from pipeline.config import Detectron2Config
 from pipeline.core.errors import CellpipeError
 from pipeline.core.predictions import ImagePredictions
 from pipeline.models.base import CellModel, Instances, register
-from pipeline.models.maskrcnn import crop_mask_probs, maskrcnn_targets, scaled_images
+from pipeline.models.maskrcnn import (
+    detection_predictions,
+    level_anchor_sizes,
+    maskrcnn_targets,
+    scaled_images,
+)
 
 NORMS = {"frozen_bn": "FrozenBN", "bn": "BN", "gn": "GN"}
 
@@ -43,12 +47,11 @@ def detectron2_config(cfg: Detectron2Config, num_classes: int) -> Any:
         c = model_zoo.get_config(cfg.zoo_config)
     except RuntimeError as e:
         raise CellpipeError(f"model.detectron2.zoo_config: {e}") from None
-    sizes = cfg.anchor_sizes * 5 if len(cfg.anchor_sizes) == 1 else cfg.anchor_sizes
     c.MODEL.DEVICE = "cpu"
     c.MODEL.WEIGHTS = ""
     c.MODEL.RESNETS.NORM = NORMS[cfg.norm]
     c.MODEL.BACKBONE.FREEZE_AT = 5 - cfg.trainable_layers
-    c.MODEL.ANCHOR_GENERATOR.SIZES = [list(s) for s in sizes]
+    c.MODEL.ANCHOR_GENERATOR.SIZES = level_anchor_sizes(cfg, 5, "detectron2")  # P2-P6
     c.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS = [list(cfg.anchor_ratios)]
     c.MODEL.RPN.PRE_NMS_TOPK_TRAIN = cfg.rpn_pre_nms_top_n_train
     c.MODEL.RPN.POST_NMS_TOPK_TRAIN = cfg.rpn_post_nms_top_n_train
@@ -126,20 +129,14 @@ class Detectron2Model(CellModel):
         shapes = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
         scaled = scaled_images(images, self.scale)
         detections = self._net.inference(self._inputs(scaled), do_postprocess=False)
-        out = []
-        for det, (height, width), image in zip(detections, shapes, scaled):
-            sh, sw = image.shape[-2:]
-            ratio = torch.tensor([width / sw, height / sh] * 2, device=det.scores.device)
-            boxes, masks = crop_mask_probs(
-                det.pred_masks[:, 0], det.pred_boxes.tensor * ratio, (height, width)
+        return [
+            detection_predictions(
+                det.pred_masks[:, 0],
+                det.pred_boxes.tensor,
+                det.scores,
+                det.pred_classes + 1,  # detectron2's classes count from 0
+                image.shape[-2:],
+                shape,
             )
-            out.append(
-                ImagePredictions(
-                    shape=(height, width),
-                    boxes=boxes,
-                    scores=det.scores.float().cpu().numpy(),
-                    labels=det.pred_classes.cpu().numpy().astype(np.int32) + 1,
-                    masks=masks,
-                )
-            )
-        return out
+            for det, shape, image in zip(detections, shapes, scaled)
+        ]

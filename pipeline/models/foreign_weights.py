@@ -1,5 +1,6 @@
-"""Weights from other projects: detectron2 (and LIVECell's model zoo, which is detectron2) into the
-torchvision `maskrcnn` family, read without running code from the file.
+"""Weights from other projects: detectron2 R50-FPN Mask R-CNN checkpoints (its model zoo's, or
+one trained on LIVECell with detectron2) into the torchvision `maskrcnn` family, read without
+running code from the file.
 
 detectron2 checkpoints come as `.pth` (torch.save of {"model": state dict, "optimizer": ...}) or as
 model-zoo `.pkl` (pickle of {"model": {name: numpy array}, ...}). Both are read with unpicklers
@@ -201,8 +202,9 @@ def torchvision_from_detectron2(state: dict[str, torch.Tensor]) -> dict[str, tor
     return mapped
 
 
-def differing_settings(block: Any, settings: dict[str, Any]) -> dict[str, Any]:
-    """The `settings` a family's config block does not have (numbers compared to rounding)."""
+def needed_overrides(block: Any, family: str, settings: dict[str, Any]) -> str:
+    """The overrides a family's config block lacks to hold `settings` (numbers compared to
+    rounding), as `model.maskrcnn.pixel_std=[...] model.maskrcnn.stride_in_1x1=true`; "" if none."""
     now = block.model_dump(mode="json")
 
     def same(a: Any, b: Any) -> bool:
@@ -211,11 +213,8 @@ def differing_settings(block: Any, settings: dict[str, Any]) -> dict[str, Any]:
         except (TypeError, ValueError):
             return a == b
 
-    return {k: v for k, v in settings.items() if k in now and not same(now[k], v)}
-
-
-def settings_line(family: str, settings: dict[str, Any]) -> str:
-    """`model.maskrcnn.pixel_std=[...] model.maskrcnn.stride_in_1x1=true` (overrides to pass)."""
     return " ".join(
-        f"model.{family}.{k}={json.dumps(v, separators=(',', ':'))}" for k, v in settings.items()
+        f"model.{family}.{k}={json.dumps(v, separators=(',', ':'))}"
+        for k, v in settings.items()
+        if k in now and not same(now[k], v)
     )

@@ -30,15 +30,14 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import FrozenBatchNorm2d, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
-from pipeline.config import MaskRCNNConfig
+from pipeline.config import MaskRCNNConfig, RCNNConfig
 from pipeline.core.errors import CellpipeError
 from pipeline.core.predictions import ImagePredictions
 from pipeline.models.base import CellModel, Instances, Registry, register
 from pipeline.models.foreign_weights import (
     detectron2_settings,
-    differing_settings,
     is_detectron2,
-    settings_line,
+    needed_overrides,
     torchvision_from_detectron2,
 )
 
@@ -100,18 +99,24 @@ class NativeTransform(GeneralizedRCNNTransform):
         return image, target
 
 
-def anchor_generator(cfg: MaskRCNNConfig, n_levels: int) -> AnchorGenerator:
-    """Anchors from the config: one size list per level (or one for all), shared ratios."""
+def level_anchor_sizes(cfg: RCNNConfig, n_levels: int, family: str) -> list[list[int]]:
+    """`anchor_sizes` of a Mask R-CNN block, one list per level (a single list serves all)."""
     sizes = cfg.anchor_sizes * n_levels if len(cfg.anchor_sizes) == 1 else cfg.anchor_sizes
     if len(sizes) != n_levels:
         raise CellpipeError(
-            f"model.maskrcnn.anchor_sizes has {len(sizes)} lists; the backbone has {n_levels} "
+            f"model.{family}.anchor_sizes has {len(sizes)} lists; the backbone has {n_levels} "
             "levels (give one list per level, or one list for all)"
         )
     if len({len(s) for s in sizes}) != 1 or not sizes[0]:
         raise CellpipeError(
-            "model.maskrcnn.anchor_sizes: every level needs the same number of sizes"
+            f"model.{family}.anchor_sizes: every level needs the same number of sizes"
         )
+    return [list(s) for s in sizes]
+
+
+def anchor_generator(cfg: MaskRCNNConfig, n_levels: int) -> AnchorGenerator:
+    """Anchors from the config: one size list per level (or one for all), shared ratios."""
+    sizes = level_anchor_sizes(cfg, n_levels, "maskrcnn")
     ratios = tuple(float(r) for r in cfg.anchor_ratios)
     return AnchorGenerator(tuple(tuple(s) for s in sizes), (ratios,) * n_levels)
 
@@ -199,31 +204,20 @@ class MaskRCNNModel(CellModel):
         features = self.backbone(batch.tensors)
         proposals, _ = self.rpn(batch, features)
         detections, _ = self.roi_heads(features, proposals, batch.image_sizes)
-        out = []
-        for det, (height, width), (sh, sw) in zip(detections, shapes, batch.image_sizes):
-            ratio = torch.tensor([width / sw, height / sh] * 2, device=det["boxes"].device)
-            boxes, masks = crop_mask_probs(
-                det["masks"][:, 0], det["boxes"] * ratio, (height, width)
+        return [
+            detection_predictions(
+                det["masks"][:, 0], det["boxes"], det["scores"], det["labels"], scaled, shape
             )
-            out.append(
-                ImagePredictions(
-                    shape=(height, width),
-                    boxes=boxes,
-                    scores=det["scores"].float().cpu().numpy(),
-                    labels=det["labels"].cpu().numpy().astype(np.int32),
-                    masks=masks,
-                )
-            )
-        return out
+            for det, shape, scaled in zip(detections, shapes, batch.image_sizes)
+        ]
 
     def import_state(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """torchvision Mask R-CNN weights as they are; detectron2's renamed to them (with the
         settings they need, see pipeline.models.foreign_weights); a bare ResNet (ImageNet) as
         the backbone."""
         if is_detectron2(state):
-            wrong = differing_settings(self.cfg, detectron2_settings())
-            if wrong:
-                needed = settings_line(self.family, wrong)
+            needed = needed_overrides(self.cfg, self.family, detectron2_settings())
+            if needed:
                 raise CellpipeError(f"detectron2 weights need {needed}")
             return torchvision_from_detectron2(state)
         if "fc.weight" in state and "layer1.0.conv1.weight" in state:
@@ -239,6 +233,28 @@ def scaled_images(images: Sequence[torch.Tensor], scale: float) -> list[torch.Te
         F.interpolate(im[None].float(), scale_factor=scale, mode="bilinear", antialias=scale < 1)[0]
         for im in images
     ]
+
+
+def detection_predictions(
+    mask_probs: torch.Tensor,
+    boxes: torch.Tensor,
+    scores: torch.Tensor,
+    labels: torch.Tensor,
+    scaled_shape: Sequence[int],
+    shape: tuple[int, int],
+) -> ImagePredictions:
+    """One image's detections (28x28 mask probabilities, boxes in the pixels of the image seen
+    at `scaled_shape`, scores, model labels) as box-cropped predictions in its own pixels."""
+    (height, width), (sh, sw) = shape, scaled_shape
+    ratio = torch.tensor([width / sw, height / sh] * 2, device=boxes.device)
+    kept_boxes, masks = crop_mask_probs(mask_probs, boxes * ratio, (height, width))
+    return ImagePredictions(
+        shape=(height, width),
+        boxes=kept_boxes,
+        scores=scores.float().cpu().numpy(),
+        labels=labels.cpu().numpy().astype(np.int32),
+        masks=masks,
+    )
 
 
 def crop_mask_probs(

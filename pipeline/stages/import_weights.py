@@ -61,9 +61,8 @@ def main(cfg: Config, args: argparse.Namespace) -> None:
         DETECTRON2_PIXEL_MEAN,
         DETECTRON2_PIXEL_STD,
         detectron2_settings,
-        differing_settings,
         is_detectron2,
-        settings_line,
+        needed_overrides,
         torchvision_from_detectron2,
     )
 
@@ -94,7 +93,5 @@ def main(cfg: Config, args: argparse.Namespace) -> None:
         "maskrcnn",
     )
     print(f"import-weights: {load_weights(model, args.dest)}")
-    needed = settings_line(
-        "maskrcnn", differing_settings(cfg.model.maskrcnn, settings.get("maskrcnn", {}))
-    )
+    needed = needed_overrides(cfg.model.maskrcnn, "maskrcnn", settings.get("maskrcnn", {}))
     print(f"import-weights: wrote {args.dest}; train with init={args.dest} {needed}".rstrip())
