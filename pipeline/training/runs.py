@@ -168,7 +168,9 @@ def train_run(
         **checkpoint_meta(cfg.model, family, mapping.classes),
         "params": params.model_dump(mode="json"),
     }
-    dataset = CocoInstances(records, model.target_maker(block), cfg.model.scale, train.augment)
+    dataset = CocoInstances(
+        records, model.target_maker(block), cfg.model.scale, train.augment, model.diameter
+    )
     return fit(
         model,
         dataset,
