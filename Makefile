@@ -131,9 +131,19 @@ push: $(WORK)/kernels/bundle/cellpipe-bundle.json | $(INSTALLED)
 	$(call cellpipe,push)
 
 # --- checks ---------------------------------------------------------------------------------
+# the Kaggle image's packages (kernels/kaggle-image.txt) in their own venv, from the package
+# index: tests/test_kernels.py runs the kernel notebooks there (about 7 GB, 2 minutes)
+KAGGLE_IMAGE ?= .kaggle-image
+.PHONY: kaggle-image
+kaggle-image: $(KAGGLE_IMAGE)/.installed
+$(KAGGLE_IMAGE)/.installed: kernels/kaggle-image.txt
+	test -x $(KAGGLE_IMAGE)/bin/python || $(PYTHON) -m venv $(KAGGLE_IMAGE)
+	$(KAGGLE_IMAGE)/bin/pip install -q --disable-pip-version-check -r kernels/kaggle-image.txt
+	touch $@
+
 # pytest exits 5 when it collects no test: that fails here like any other error.
-test: $(INSTALLED)
-	$(BIN)/pytest -n 2 -q
+test: $(INSTALLED) $(KAGGLE_IMAGE)/.installed
+	CELLPIPE_KAGGLE_IMAGE=$(KAGGLE_IMAGE) $(BIN)/pytest -n 2 -q
 
 lint: $(INSTALLED)
 	$(BIN)/ruff check pipeline tests benchmarks

@@ -5,9 +5,11 @@
 # %% [markdown]
 # ## Install cellpipe offline
 # The bundle dataset holds cellpipe's wheel and those of any dependency the Kaggle image lacks;
-# pip installs them without an index, so the kernel runs with the internet off. Kaggle mounts
-# inputs at `/kaggle/input/<slug>/` or, in newer kernels, deeper (`competitions/<slug>/`,
-# `datasets/<owner>/<slug>/`): both are found by the file they hold.
+# pip installs them without an index, so the kernel runs with the internet off. The weights are
+# a Kaggle Model attached to the kernel (or inside the bundle). Kaggle mounts inputs at
+# `/kaggle/input/<slug>/` or, in newer kernels, deeper (`competitions/<slug>/`,
+# `datasets/<owner>/<slug>/`, `models/<owner>/<slug>/<framework>/<variation>/<version>/`): all
+# are found by the file they hold.
 
 # %%
 import importlib
@@ -25,9 +27,9 @@ UNPACKED = Path(tempfile.gettempdir()) / "cellpipe-bundle"  # zipped bundle fold
 
 
 def find_input(marker: str, name: str) -> Path:
-    """The input folder holding `marker`: the one called `name`, else the only one."""
-    found = sorted({p.parent for depth in range(1, 5) for p in INPUT.glob("*/" * depth + marker)})
-    named = [p for p in found if p.name == name]
+    """The input folder holding `marker`: the one below a folder `name`, else the only one."""
+    found = sorted({p.parent for depth in range(1, 8) for p in INPUT.glob("*/" * depth + marker)})
+    named = [p for p in found if name in p.relative_to(INPUT).parts]
     if len(named) == 1:
         return named[0]
     if len(found) == 1:
@@ -39,15 +41,16 @@ def find_input(marker: str, name: str) -> Path:
 
 
 def bundle_file(relative: str) -> Path:
-    """A bundle file by its manifest path, wherever the upload put it (zips unpacked once)."""
+    """A bundle or weights file by its manifest path, wherever the upload put it (zips unpacked
+    once)."""
     name = Path(relative).name
-    for root in (BUNDLE_DIR, UNPACKED):
+    for root in (BUNDLE_DIR, WEIGHTS_DIR, UNPACKED):
         if (root / relative).is_file():
             return root / relative
         hits = sorted(root.rglob(name)) if root.is_dir() else []
         if hits:
             return hits[0]
-    archives = sorted(BUNDLE_DIR.rglob("*.zip"))
+    archives = sorted({*BUNDLE_DIR.rglob("*.zip"), *WEIGHTS_DIR.rglob("*.zip")})
     if archives and not UNPACKED.is_dir():
         for archive in archives:
             with zipfile.ZipFile(archive) as zf:
@@ -59,6 +62,10 @@ def bundle_file(relative: str) -> Path:
 BUNDLE_DIR = find_input("cellpipe-bundle.json", BUNDLE)
 DATA = find_input("sample_submission.csv", COMPETITION)
 MANIFEST = json.loads((BUNDLE_DIR / "cellpipe-bundle.json").read_text())
+WEIGHTS = MANIFEST["weights"]
+WEIGHTS_DIR = BUNDLE_DIR
+if WEIGHTS["as"] == "model":  # a Kaggle Model attached to the kernel
+    WEIGHTS_DIR = find_input("cellpipe-weights.json", WEIGHTS["model"])
 wheels = [str(bundle_file(w)) for w in MANIFEST["wheels"]]
 subprocess.run(
     [sys.executable, "-m", "pip", "install", "--no-index", "--no-deps", "--quiet", *wheels],
@@ -96,6 +103,7 @@ check_requirements()
 import pipeline  # noqa: E402
 
 print(f"bundle {BUNDLE_DIR} (cellpipe {MANIFEST['version']}, commit {MANIFEST['commit']})")
+print(f"weights {WEIGHTS_DIR}")
 print(f"competition data {DATA}; cellpipe installed at {Path(pipeline.__file__).parent}")
 
 

@@ -416,6 +416,11 @@ class KernelsConfig(Section):
     checkpoints: list[Path] = []  # bundled test models; empty: predict's (every fold's best)
     inference: bool = True  # build the inference kernel (needs fold models and thresholds.json);
     # false: a training bundle and kernel only, from a fresh checkout (push trains, never submits)
+    weights_as: Literal["model", "dataset"] = "model"  # where models travel: a Kaggle Model
+    # instance (kernels/weights/, versioned apart from the code) or inside the bundle dataset
+    model_title: str = "cellpipe weights"  # the Kaggle Model (weights_as=model); slug from it
+    model_variation: str = "default"  # its instance (variation), framework PyTorch
+    model_license: str = "Apache 2.0"  # the instance's license, as Kaggle names it
     include_pretrained: bool | None = None  # bundle the pretrain model, where the training
     # kernel starts; None: when push_train with inference (an inference bundle never reads it;
     # a training bundle, kernels.inference=false, pretrains on Kaggle)
@@ -441,7 +446,7 @@ class KernelsConfig(Section):
     push_train: bool = False  # push: also push (and so start) the training kernel
     wait_minutes: float = 180  # push: how long to wait for the dataset and the inference run
     poll_seconds: float = 30  # push: time between status checks
-    message: str = "cellpipe"  # push: dataset version notes and submission description
+    message: str = "cellpipe"  # push: version notes (dataset, model) and submission description
 
     @property
     def bundles_pretrained(self) -> bool:
@@ -573,6 +578,7 @@ class Layout:
         self.kernels_manifest = self.kernels_bundle / "cellpipe-bundle.json"  # how kernels find it
         self.kernels_inference = self.kernels_dir / "inference"  # the code-submission notebook
         self.kernels_train = self.kernels_dir / "train"  # the GPU fine-tuning notebook
+        self.kernels_weights = self.kernels_dir / "weights"  # the Kaggle Model instance's files
 
     def pretrain_run(self, family: str) -> Path:
         return self.pretrain_dir / family

@@ -1,17 +1,18 @@
 """`cellpipe kernels`: the offline bundle, the notebooks run in a simulated Kaggle, and the checks.
 
 Both notebooks are executed for real (nbclient + ipykernel) by a fresh virtualenv standing in for
-the Kaggle image: it sees the installed packages (torch, numpy, ...) but not cellpipe, has no
-network, and installs cellpipe only from the bundle's wheels (pip --no-index); inputs are mounted
-under a temporary /kaggle/input as newer kernels mount them.
+the Kaggle image: it sees the image's packages at the image's versions (kernels/kaggle-image.txt,
+installed from the index by `make kaggle-image`: torch 2.10, pandas 2.3, ...) but not cellpipe,
+has no network, and installs cellpipe only from the bundle's wheels (pip --no-index); inputs are
+mounted under a temporary /kaggle/input as newer kernels mount them.
 """
 
 import json
 import math
+import os
 import re
 import subprocess
 import sys
-import sysconfig
 import zipfile
 from importlib import metadata
 from pathlib import Path
@@ -23,7 +24,7 @@ from kaggle_stub import client_env
 
 from pipeline.cli import main
 from pipeline.config import SyntheticConfig, load_config
-from pipeline.core.fileio import write_json
+from pipeline.core.fileio import file_digest, write_json
 from pipeline.core.postprocess import ClassThresholds, Thresholds
 from pipeline.core.synthetic import write_dataset
 from pipeline.kaggle.credentials import find_credentials
@@ -165,9 +166,26 @@ def test_bundle_holds_what_the_kernels_need(built, project, capsys):
     wheels = sorted(Path(w).name for w in manifest["wheels"])
     assert wheels == ["cellpipe-0.1.0-py3-none-any.whl", "cellpipe_test_dep-1.0-py3-none-any.whl"]
     listed = [manifest[k] for k in ("config", "train_config", "thresholds")]
-    listed += manifest["pretrained"].values()
-    for name in [*listed, *manifest["checkpoints"], *manifest["wheels"]]:
+    for name in [*listed, *manifest["wheels"]]:
         assert (bundle / name).is_file(), name
+    # the weights: a Kaggle Model instance of their own, listed and hashed in both manifests
+    weights = built / "weights"
+    assert manifest["weights"] == {"as": "model", "model": "cellpipe-weights"}
+    marker = json.loads((weights / "cellpipe-weights.json").read_text())
+    saved = [*manifest["pretrained"].values(), *manifest["checkpoints"]]
+    for name in saved:
+        assert (weights / name).is_file() and not (bundle / name).exists(), name
+        assert marker["sha256"][name] == manifest["sha256"][name] == file_digest(weights / name)
+    assert marker["checkpoints"] == manifest["checkpoints"]
+    instance = json.loads((weights / "model-instance-metadata.json").read_text())
+    assert (instance["ownerSlug"], instance["modelSlug"], instance["instanceSlug"]) == (
+        "tester",
+        "cellpipe-weights",
+        "default",
+    )
+    assert instance["framework"] == "pyTorch" and instance["licenseName"] == "Apache 2.0"
+    model = json.loads((weights / "model-metadata.json").read_text())
+    assert (model["slug"], model["isPrivate"]) == ("cellpipe-weights", True)
     # the bundled config is this run's, resolved: the models load with it
     assert load_config(bundle / "config.yaml").model == load_config(None, SETTINGS).model
     with zipfile.ZipFile(bundle / manifest["wheels"][0]) as whl:
@@ -188,6 +206,7 @@ def test_bundle_holds_what_the_kernels_need(built, project, capsys):
         assert meta["language"] == "python" and meta["kernel_type"] == "notebook"
         assert meta["dataset_sources"] == ["tester/cellpipe-bundle"]
         assert meta["competition_sources"] == [COMPETITION]
+        assert meta["model_sources"] == ["tester/cellpipe-weights/pyTorch/default/1"]
         assert meta["machine_shape"] == "NvidiaTeslaT4"  # not the retired P100
         assert meta["docker_image_pinning_type"] == "original"
         nb = nbformat.read(built / kind / meta["code_file"], as_version=4)
@@ -204,14 +223,29 @@ def test_bundle_holds_what_the_kernels_need(built, project, capsys):
     assert "kernels: up to date" in capsys.readouterr().out
 
 
+ROOT = Path(__file__).resolve().parents[1]
+IMAGE_PINS = dict(
+    line.split("#")[0].strip().split("==")
+    for line in (ROOT / "kernels" / "kaggle-image.txt").read_text().splitlines()
+    if "==" in line.split("#")[0]
+)
+
+
+def image_site_packages() -> Path:
+    """site-packages of the Kaggle image's venv (`make kaggle-image`: kernels/kaggle-image.txt
+    installed from the index); the test skips, saying so, where it is not built."""
+    image = Path(os.environ.get("CELLPIPE_KAGGLE_IMAGE", ROOT / ".kaggle-image"))
+    if not (image / ".installed").is_file():
+        pytest.skip(f"no Kaggle image venv at {image}: `make kaggle-image` builds it")
+    return next((image / "lib").glob("python*/site-packages"))
+
+
 def kaggle_image(root: Path, without: tuple[str, ...] = ()) -> Path:
-    """A fresh virtualenv seeing this one's packages except cellpipe (and `without`), as the
-    Kaggle image does."""
+    """A fresh virtualenv seeing the Kaggle image's packages (less `without`), not cellpipe."""
     image = root / "image-site-packages"
     image.mkdir()
-    left_out = ("cellpipe", "pipeline", "__pycache__", *without)
-    for entry in Path(sysconfig.get_paths()["purelib"]).iterdir():
-        if not entry.name.startswith(left_out):
+    for entry in image_site_packages().iterdir():
+        if not entry.name.startswith(("__pycache__", *without)):
             (image / entry.name).symlink_to(entry)
     venv = root / "kaggle-venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
@@ -241,6 +275,10 @@ def run_in_kaggle(built, data, kind, tmp_path, monkeypatch, without=()):
     bundle = inputs / "datasets" / "tester" / "cellpipe-bundle"
     bundle.parent.mkdir(parents=True)
     subprocess.run(["cp", "-r", str(built / "bundle"), str(bundle)], check=True)
+    if (built / "weights").is_dir():  # a Kaggle Model: models/<owner>/<slug>/<fw>/<var>/<version>
+        model = inputs / "models" / "tester" / "cellpipe-weights" / "pytorch" / "default" / "1"
+        model.parent.mkdir(parents=True)
+        subprocess.run(["cp", "-r", str(built / "weights"), str(model)], check=True)
     python = kaggle_image(tmp_path, without)
     no_network = "http://127.0.0.1:9"  # nothing listens there
     env = {
@@ -280,9 +318,8 @@ def test_inference_notebook_runs_offline_in_a_simulated_kaggle(
 ):
     _, data, _ = project
     working, venv, printed = run_in_kaggle(built, data, "inference", tmp_path, monkeypatch)
-    assert (
-        f"torch {metadata.version('torch')} (cellpipe: ==" in printed
-    )  # the image's versions, printed
+    assert f"torch {IMAGE_PINS['torch']} (cellpipe: " in printed  # the image's, printed
+    assert IMAGE_PINS["torch"] != metadata.version("torch")  # the checkpoints' torch is newer
     site = next(venv.glob("lib/python*/site-packages"))
     assert (site / "cellpipe_test_dep" / "__init__.py").is_file()  # the bundled dependency
     submission = working / "submission.csv"
@@ -407,11 +444,24 @@ def test_an_inference_bundle_leaves_the_pretrained_model_out(project):
     manifest = root / "work" / "kernels" / "bundle" / "cellpipe-bundle.json"
     assert run_kernels(project, "kernels.include_pretrained=null", "--force") == 0
     assert json.loads(manifest.read_text())["pretrained"] == {}  # push_train is off
-    assert not (root / "work" / "kernels" / "bundle" / "pretrained").exists()
+    assert not list((root / "work" / "kernels").glob("*/pretrained"))
     assert run_kernels(project, "kernels.include_pretrained=null", "kernels.push_train=true") == 0
     assert json.loads(manifest.read_text())["pretrained"] == {
         "maskrcnn": "pretrained/maskrcnn-model_final.pth"
     }
+    assert run_kernels(project, "--force") == 0  # as the other tests expect it
+
+
+def test_weights_as_dataset_go_inside_the_bundle(project):
+    root, _, _ = project
+    kernels = root / "work" / "kernels"
+    assert run_kernels(project, "kernels.weights_as=dataset", "--force") == 0
+    manifest = json.loads((kernels / "bundle" / "cellpipe-bundle.json").read_text())
+    assert manifest["weights"] == {"as": "dataset"} and not (kernels / "weights").exists()
+    for name in [*manifest["checkpoints"], *manifest["pretrained"].values()]:
+        assert file_digest(kernels / "bundle" / name) == manifest["sha256"][name]
+    meta = json.loads((kernels / "inference" / "kernel-metadata.json").read_text())
+    assert meta["model_sources"] == []
     assert run_kernels(project, "--force") == 0  # as the other tests expect it
 
 

@@ -22,6 +22,12 @@ UPLOAD = "blobs.BlobApiService/StartBlobUpload"
 SAVE = "kernels.KernelsApiService/SaveKernel"
 SESSION = "kernels.KernelsApiService/GetKernelSessionStatus"
 SUBMIT = "competitions.CompetitionApiService/CreateCodeSubmission"
+GET_DATASET = "datasets.DatasetApiService/GetDataset"
+GET_MODEL = "models.ModelApiService/GetModel"
+CREATE_MODEL = "models.ModelApiService/CreateModel"
+GET_INSTANCE = "models.ModelApiService/GetModelInstance"
+CREATE_INSTANCE = "models.ModelApiService/CreateModelInstance"
+INSTANCE_VERSION = "models.ModelApiService/CreateModelInstanceVersion"
 
 
 @pytest.fixture(scope="module")
@@ -52,18 +58,37 @@ def work(built, tmp_path, monkeypatch):
 
 
 def push(work, *overrides):
-    settings = [f"work_dir={work}", "kernels.poll_seconds=0", "kernels.include_pretrained=false"]
+    settings = [f"work_dir={work}", "kernels.poll_seconds=0", "kernels.wait_minutes=0.05"]
+    settings += ["kernels.include_pretrained=false"]
     return main(["push", *settings, *overrides])
 
 
-def kaggle(stub, dataset_exists=False, session=("RUNNING", "COMPLETE")):
-    """Answers of a Kaggle that accepts everything; the notebook run goes through `session`."""
-    statuses = iter(["READY"] * 10 if dataset_exists else [None, None, "BLOBS_RECEIVED", "READY"])
+def kaggle(
+    stub, dataset_exists=False, session=("RUNNING", "COMPLETE"), stale=1, model_exists=False
+):
+    """Answers of a Kaggle that accepts everything. The dataset (at version 3 when it exists)
+    shows its new version after `stale` more polls, saying READY meanwhile when it had a ready
+    version before; the notebook run goes through `session`; the Kaggle Model instance (at
+    version 4 when it exists) gets a version per upload."""
+    state = {"dataset": 3 if dataset_exists else 0, "exists": dataset_exists, "lag": 0}
+    state.update(model=4 if model_exists else 0, model_exists=model_exists, next=0)
     sessions = iter(session)
 
-    def dataset_status(request):
-        status = next(statuses)
-        return json_reply({"status": status}) if status else json_reply({"error": "no"}, 404)
+    def dataset_status(request):  # each poll moves processing on
+        if not state["exists"]:
+            return json_reply({"error": "no"}, 404)
+        if state["lag"]:
+            state["lag"] -= 1
+        elif state["next"]:
+            state["dataset"], state["next"] = state["next"], 0
+        return json_reply({"status": "READY" if state["dataset"] else "BLOBS_RECEIVED"})
+
+    def get_dataset(request):
+        return json_reply({"currentVersionNumber": state["dataset"]})
+
+    def new_dataset_version(request):
+        state.update(exists=True, next=state["dataset"] + 1, lag=stale)
+        return json_reply({"ref": "tester/cellpipe-bundle", "status": "ok"})
 
     def upload(request):
         name = request.json()["name"]
@@ -73,17 +98,37 @@ def kaggle(stub, dataset_exists=False, session=("RUNNING", "COMPLETE")):
         status = next(sessions)
         return json_reply({"status": status, "failureMessage": "out of memory"})
 
+    def get_model(request):
+        return json_reply({"id": 1}) if state["model_exists"] else json_reply({}, 404)
+
+    def get_instance(request):
+        found = {"id": 2, "slug": "default", "versionNumber": state["model"]}
+        return json_reply(found) if state["model"] else json_reply({}, 404)
+
+    def new_model_version(request):
+        state["model"] += 1
+        return json_reply({"id": 2, "ref": "tester/cellpipe-weights", "url": "https://kaggle/m"})
+
     stub.handlers.update(
         {
             STATUS: dataset_status,
+            GET_DATASET: get_dataset,
             UPLOAD: upload,
-            CREATE: lambda r: json_reply({"ref": "tester/cellpipe-bundle", "status": "ok"}),
-            VERSION: lambda r: json_reply({"ref": "tester/cellpipe-bundle", "status": "ok"}),
+            CREATE: new_dataset_version,
+            VERSION: new_dataset_version,
             SAVE: lambda r: json_reply(
                 {"ref": r.json()["slug"], "url": "https://kaggle/x", "versionNumber": 7}
             ),
             SESSION: kernel_status,
             SUBMIT: lambda r: json_reply({"message": "Submission successful", "ref": 1}),
+            GET_MODEL: get_model,
+            CREATE_MODEL: lambda r: (
+                state.update(model_exists=True)
+                or json_reply({"id": 1, "ref": "tester/cellpipe-weights"})
+            ),
+            GET_INSTANCE: get_instance,
+            CREATE_INSTANCE: new_model_version,
+            INSTANCE_VERSION: new_model_version,
         }
     )
 
@@ -109,15 +154,20 @@ def test_push_creates_the_dataset_pushes_the_kernel_and_submits(work, tmp_path, 
     )
     assert body["licenseName"] == "CC0-1.0" and body["isPrivate"] is True
     uploaded = sorted(r.json()["name"] for r in stub.calls(UPLOAD))
-    assert uploaded == [
-        "cellpipe-bundle.json",
-        "checkpoints.zip",  # sub-folders go zipped
-        "config.yaml",
-        "thresholds.json",
-        "train.yaml",
-        "wheels.zip",
-    ]
-    assert sorted(f["token"] for f in body["files"]) == [f"token-{n}" for n in uploaded]
+    bundled = ["cellpipe-bundle.json", "config.yaml", "thresholds.json", "train.yaml", "wheels.zip"]
+    weights = ["cellpipe-weights.json", "checkpoints.zip"]  # sub-folders go zipped
+    assert uploaded == sorted(bundled + weights)
+    assert sorted(f["token"] for f in body["files"]) == [f"token-{n}" for n in bundled]
+    # the weights: a new Kaggle Model, its first instance, attached to the kernel at version 1
+    [model] = stub.calls(CREATE_MODEL)
+    assert (model.json()["ownerSlug"], model.json()["slug"]) == ("tester", "cellpipe-weights")
+    [instance] = stub.calls(CREATE_INSTANCE)
+    sent = instance.json()
+    assert (sent["ownerSlug"], sent["modelSlug"]) == ("tester", "cellpipe-weights")
+    assert sent["body"]["instanceSlug"] == "default"
+    assert sorted(f["token"] for f in sent["body"]["files"]) == [f"token-{n}" for n in weights]
+    with zipfile.ZipFile(io.BytesIO(stub.uploads["/up/checkpoints.zip"])) as zf:
+        assert zf.read("maskrcnn-fold0-model_best.pth") == b"weights"
     with zipfile.ZipFile(io.BytesIO(stub.uploads["/up/wheels.zip"])) as zf:
         assert zf.namelist() == ["cellpipe-0.1.0-py3-none-any.whl"]
     assert (
@@ -132,6 +182,7 @@ def test_push_creates_the_dataset_pushes_the_kernel_and_submits(work, tmp_path, 
     assert kernel["newTitle"] == "cellpipe inference"
     assert kernel["enableInternet"] is False and kernel["enableGpu"] is True
     assert kernel["datasetDataSources"] == ["tester/cellpipe-bundle"]
+    assert kernel["modelDataSources"] == ["tester/cellpipe-weights/pyTorch/default/1"]
     assert kernel["competitionDataSources"] == [COMPETITION]
     assert (kernel["language"], kernel["kernelType"], kernel["isPrivate"]) == (
         "python",
@@ -150,7 +201,8 @@ def test_push_creates_the_dataset_pushes_the_kernel_and_submits(work, tmp_path, 
     assert sent["fileName"] == "submission.csv"
     assert sent["submissionDescription"] == "first try"
     order = [r.rpc for r in stub.requests if r.rpc and r.rpc != UPLOAD]
-    assert order.index(CREATE) < order.index(SAVE) < order.index(SUBMIT)
+    assert order.index(CREATE_INSTANCE) < order.index(CREATE) < order.index(SAVE)
+    assert order.index(SAVE) < order.index(SUBMIT)
 
 
 def test_the_submission_description_carries_the_ledger_key(work, tmp_path, monkeypatch):
@@ -167,16 +219,27 @@ def test_the_submission_description_carries_the_ledger_key(work, tmp_path, monke
     assert submit.json()["submissionDescription"] == "fold ensemble [cccc]"
 
 
-def test_an_existing_dataset_gets_a_new_version(work, tmp_path, monkeypatch):
+def test_an_existing_dataset_and_model_get_new_versions(work, tmp_path, monkeypatch, capsys):
     with KaggleStub() as stub:
-        kaggle(stub, dataset_exists=True)
+        kaggle(stub, dataset_exists=True, stale=3, model_exists=True)
         client_env(monkeypatch, stub, tmp_path / "cfg")
         overrides = ["kernels.submit=false", "kernels.push_train=true", "kernels.owner=team"]
-        assert push(work, *overrides) == 0
-    assert not stub.calls(CREATE)
+        assert push(work, *overrides, "kernels.message=v2") == 0
+    assert not stub.calls(CREATE) and not stub.calls(CREATE_MODEL)
+    assert not stub.calls(CREATE_INSTANCE)
+    [model_version] = stub.calls(INSTANCE_VERSION)
+    assert model_version.json()["body"]["versionNotes"] == "v2"
+    assert all(r.json()["modelDataSources"] == ["team/cellpipe-weights/pyTorch/default/5"]
+               for r in stub.calls(SAVE))  # fmt: skip
     [version] = stub.calls(VERSION)
     assert version.path.endswith(VERSION)
-    assert version.json()["body"]["versionNotes"] == "cellpipe"
+    assert version.json()["body"]["versionNotes"] == "v2"
+    # Kaggle said READY for version 3 while version 4 was processed: kernels waited for 4
+    waited = capsys.readouterr().out.count("version 4 not ready")
+    assert waited == 3
+    order = [r.rpc for r in stub.requests if r.rpc]
+    last_check = max(k for k, rpc in enumerate(order) if rpc == GET_DATASET)
+    assert order.index(SAVE) == last_check + 1  # kernels pushed once version 4 was ready
     slugs = [r.json()["slug"] for r in stub.calls(SAVE)]
     assert slugs == ["team/cellpipe-inference", "team/cellpipe-train"]
     assert all(r.json()["datasetDataSources"] == ["team/cellpipe-bundle"] for r in stub.calls(SAVE))

@@ -1,10 +1,14 @@
 """`cellpipe kernels`: everything a Kaggle code submission needs, under `work/kernels/`.
 
 - `bundle/`: the dataset the kernels read, internet off: cellpipe's wheel (built from this source
-  tree) and wheels of `kernels.wheels` (dependencies the Kaggle image lacks), the test models,
-  `thresholds.json`, the resolved config (`config.yaml`, and `train.yaml` for training), the
-  pretrained models training starts from, `kernels.extra_files`, `dataset-metadata.json`, and the
-  manifest `cellpipe-bundle.json` by which the kernels find the bundle and its files.
+  tree) and wheels of `kernels.wheels` (dependencies the Kaggle image lacks), `thresholds.json`,
+  the resolved config (`config.yaml`, and `train.yaml` for training), `kernels.extra_files`,
+  `dataset-metadata.json`, and the manifest `cellpipe-bundle.json` by which the kernels find the
+  bundle and its files.
+- the weights (test models, pretrained models training starts from): with `kernels.weights_as`
+  `model` (the default) in `weights/`, a Kaggle Model instance versioned apart from the code
+  (`model-metadata.json`, `model-instance-metadata.json`, and `cellpipe-weights.json` by which
+  the kernels find it); with `dataset`, inside the bundle.
 - `inference/`: the code-submission notebook (GPU on, internet off, the competition and the
   bundle as sources) and its `kernel-metadata.json`.
 - `train/`: the fine-tuning notebook, same sources; its output is the new checkpoints.
@@ -32,6 +36,7 @@ from pipeline.kaggle.metadata import (
     kernel_metadata,
     slug,
     write_metadata,
+    write_model_metadata,
 )
 from pipeline.kaggle.notebooks import TEMPLATES, notebook
 from pipeline.kaggle.wheels import (
@@ -40,6 +45,8 @@ from pipeline.kaggle.wheels import (
     detectron2_wheel,
     download_wheels,
 )
+
+WEIGHTS_MARKER = "cellpipe-weights.json"  # in the Kaggle Model instance: how kernels find it
 
 
 def bundle_name(path: Path) -> str:
@@ -133,13 +140,17 @@ def build(cfg: Config) -> None:
         train = train_config(cfg)
         write_text(bundle / "config.yaml", dump_yaml(cfg))
         write_text(bundle / "train.yaml", dump_yaml(train))
+        trained = pretrained_models(cfg, train)
+        as_model = params.weights_as == "model" and bool(models or trained)
+        weights = out / layout.kernels_weights.name if as_model else bundle
         checkpoints = [f"checkpoints/{n}" for n in names]
         for path, name in zip(models, checkpoints):
-            _place(path, bundle / name, link=True)
+            _place(path, weights / name, link=True)
         pretrained = {}
-        for key, path in pretrained_models(cfg, train).items():
+        for key, path in trained.items():
             pretrained[key] = f"pretrained/{key}-{path.name}"
-            _place(path, bundle / pretrained[key], link=True)
+            _place(path, weights / pretrained[key], link=True)
+        digests = {n: file_digest(weights / n) for n in [*checkpoints, *pretrained.values()]}
         if params.inference:
             _place(layout.thresholds, bundle / "thresholds.json")
         for path in params.extra_files:
@@ -163,19 +174,34 @@ def build(cfg: Config) -> None:
             "wheels": sorted(f"wheels/{p.name}" for p in wheels.glob("*.whl")),
             "files": [f"files/{p.name}" for p in params.extra_files],
             "sources": {n: str(p) for n, p in zip(checkpoints, models)},
-            "sha256": {n: file_digest(bundle / n) for n in checkpoints},
+            "sha256": digests,
+            # where checkpoints and pretrained models are: this bundle, or the Kaggle Model
+            "weights": {"as": "model", "model": slug(params.model_title)}
+            if as_model
+            else {"as": "dataset"},
         }
         write_text(bundle / layout.kernels_manifest.name, json.dumps(manifest, indent=2) + "\n")
+        if as_model:
+            marker = {k: manifest[k] for k in ("checkpoints", "pretrained", "sha256", "commit")}
+            write_text(weights / WEIGHTS_MARKER, json.dumps(marker, indent=2) + "\n")
         parameters = {"BUNDLE": manifest["slug"], "COMPETITION": cfg.prepare.competition}
         for kind, folder in folders.items():
             code_file = kernel_metadata(cfg, PLACEHOLDER_OWNER, kind)["code_file"]
             write_text(folder / code_file, notebook(kind, parameters))
-        write_metadata(cfg, owner or PLACEHOLDER_OWNER, bundle, folders)
+        write_metadata(cfg, owner or PLACEHOLDER_OWNER, bundle, folders, 1 if as_model else None)
+        if as_model:
+            write_model_metadata(cfg, owner or PLACEHOLDER_OWNER, weights)
         refuse_credentials(out)
-    size = sum(p.stat().st_size for p in layout.kernels_bundle.rglob("*") if p.is_file())
+    size = _mib(layout.kernels_bundle)
     print(
-        f"kernels: bundle {layout.kernels_bundle} ({len(models)} models, "
-        f"{len(manifest['wheels'])} wheels, {size / 2**20:.1f} MiB); notebooks "
+        f"kernels: bundle {layout.kernels_bundle} ({len(manifest['wheels'])} wheels, "
+        + (
+            f"{size:.1f} MiB); weights {layout.kernels_weights} ({len(models)} models, "
+            f"{_mib(layout.kernels_weights):.1f} MiB, a Kaggle Model)"
+            if as_model
+            else f"{len(models)} models, {size:.1f} MiB)"
+        )
+        + "; notebooks "
         + ", ".join(str(p) for p in kernel_folders(cfg).values())
     )
     if owner is None:
@@ -183,6 +209,10 @@ def build(cfg: Config) -> None:
             f"kernels: no Kaggle username (kernels.owner or the Kaggle config): ids say "
             f"{PLACEHOLDER_OWNER!r} until `cellpipe push` fills in the account's"
         )
+
+
+def _mib(folder: Path) -> float:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 2**20
 
 
 def _version() -> str:

@@ -1,16 +1,21 @@
 """`cellpipe push`: `cellpipe kernels`' folders to Kaggle, then the code submission.
 
-With the real kaggle client, as the CLI would do it: `kaggle datasets create` (or `version` when the
-dataset exists) with sub-folders zipped, waiting until Kaggle has processed it; `kaggle kernels
-push` of the inference notebook (and of the training one with `kernels.push_train`); then, with
-`kernels.submit`, waiting for that notebook version's run and `kaggle competitions submit -k
-OWNER/SLUG -v VERSION -m "MESSAGE [LEDGER KEY]"`. The owner is `kernels.owner` or the account of
+With the real kaggle client, as the CLI would do it: with `kernels.weights_as=model`, the weights
+as a Kaggle Model instance (`kaggle models create` when the model is new, then `models instances
+create`, or `models instances versions create` when the instance exists), its new version
+written into the kernels' `model_sources`; `kaggle datasets create` (or `version` when the
+dataset exists) with sub-folders zipped, waiting until Kaggle has processed that very version
+(not a previous one's "ready"); `kaggle kernels push` of the inference notebook (and of the
+training one with `kernels.push_train`); then, with `kernels.submit`, waiting for that notebook
+version's run and `kaggle competitions submit -k OWNER/SLUG -v VERSION -m "MESSAGE [LEDGER
+KEY]"`. The owner is `kernels.owner` or the account of
 the Kaggle config; the metadata is rewritten for it before anything is sent. Without
 credentials, offline, or when Kaggle refuses, it stops with one line.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from typing import Any
@@ -19,7 +24,15 @@ from pipeline.config import Config
 from pipeline.core.errors import CellpipeError
 from pipeline.kaggle.client import kaggle_api, kaggle_call
 from pipeline.kaggle.credentials import refuse_credentials
-from pipeline.kaggle.metadata import kernel_folders, kernel_metadata, slug, write_metadata
+from pipeline.kaggle.metadata import (
+    kernel_folders,
+    kernel_metadata,
+    model_id,
+    model_instance,
+    slug,
+    write_metadata,
+    write_model_metadata,
+)
 
 DATASET_READY, DATASET_FAILED = "ready", ("failed", "deleted")
 KERNEL_DONE, KERNEL_FAILED = "complete", ("error", "cancel_requested", "cancel_acknowledged")
@@ -81,16 +94,62 @@ def submission_description(cfg: Config) -> str:
     return f"{cfg.kernels.message} [{keys[-1]}]" if keys else cfg.kernels.message
 
 
-def dataset_exists(api: Any, dataset: str) -> bool:
+def exists(get: Callable[[], Any]) -> bool:
+    """Whether Kaggle has what `get()` asks for (False on HTTP 404)."""
     import requests
 
     try:
-        api.dataset_status(dataset)
+        get()
     except requests.exceptions.HTTPError as e:
         if e.response is not None and e.response.status_code == 404:
             return False
         raise
     return True
+
+
+def dataset_version(api: Any, dataset: str) -> int:
+    """The dataset's current version number (0 before its first one is processed)."""
+    from kagglesdk.datasets.types.dataset_api_service import ApiGetDatasetRequest
+
+    owner, name = dataset.split("/")
+    request = ApiGetDatasetRequest()
+    request.owner_slug, request.dataset_slug = owner, name
+    with api.build_kaggle_client() as kaggle:
+        return int(
+            kaggle.datasets.dataset_api_client.get_dataset(request).current_version_number or 0
+        )
+
+
+def dataset_state(api: Any, dataset: str, previous: int) -> tuple[str, str]:
+    """ "ready" once the version after `previous` is processed; a "ready" that still belongs to
+    `previous` reads as waiting for the new one."""
+    now = api.dataset_status(dataset)
+    if now != DATASET_READY:
+        return now, ""
+    version = dataset_version(api, dataset)
+    return (now, "") if version > previous else (f"version {previous + 1} not ready", "")
+
+
+def push_weights(api: Any, cfg: Config, owner: str) -> int:
+    """Upload kernels/weights as a new version of the Kaggle Model instance (creating the model
+    and the instance when new); the version number Kaggle gave it."""
+    params, folder = cfg.kernels, str(cfg.layout.kernels_weights)
+    model, instance = model_id(cfg, owner), model_instance(cfg, owner)
+    write_model_metadata(cfg, owner, cfg.layout.kernels_weights)
+    with kaggle_call(f"Kaggle Model {model}"):
+        if not exists(lambda: api.model_get(model)):
+            _refused(f"Kaggle Model {model}", api.model_create_new(folder))
+            print(f"push: created Kaggle Model {model}")
+        if exists(lambda: api.model_instance_get(instance)):
+            response = api.model_instance_version_create(
+                instance, folder, params.message, quiet=True, dir_mode="zip"
+            )
+        else:
+            response = api.model_instance_create(folder, quiet=True, dir_mode="zip")
+        _refused(f"Kaggle Model instance {instance}", response)
+        version = int(api.model_instance_get(instance).version_number)
+    print(f"push: weights are {instance}/{version}")
+    return version
 
 
 def push(cfg: Config) -> None:
@@ -101,20 +160,27 @@ def push(cfg: Config) -> None:
         if not folder.is_dir():
             raise CellpipeError(f"missing {folder} (run `cellpipe kernels` first)")
     refuse_credentials(layout.kernels_dir)
+    manifest = json.loads(layout.kernels_manifest.read_text())
     with kaggle_call("Kaggle login"):  # an access token is checked online
         api = kaggle_api()
     owner = params.owner or api.get_config_value("username")
-    write_metadata(cfg, owner, layout.kernels_bundle, kernel_folders(cfg))
+    as_model = manifest.get("weights", {}).get("as") == "model"
+    if as_model and not layout.kernels_weights.is_dir():
+        raise CellpipeError(f"missing {layout.kernels_weights} (run `cellpipe kernels` again)")
+    version = push_weights(api, cfg, owner) if as_model else None
+    write_metadata(cfg, owner, layout.kernels_bundle, kernel_folders(cfg), version)
     dataset = f"{owner}/{slug(params.dataset_title)}"
     bundle = str(layout.kernels_bundle)
 
     with kaggle_call(f"dataset {dataset}"):
-        if dataset_exists(api, dataset):
+        if exists(lambda: api.dataset_status(dataset)):
+            previous = dataset_version(api, dataset)
             response = api.dataset_create_version(
                 bundle, params.message, quiet=True, dir_mode="zip"
             )
             action = "new version of"
         else:
+            previous = 0
             response = api.dataset_create_new(
                 bundle, public=params.public, quiet=True, dir_mode="zip"
             )
@@ -123,7 +189,7 @@ def push(cfg: Config) -> None:
         print(f"push: {action} dataset {dataset}")
         wait_for(
             f"dataset {dataset}",
-            lambda: (api.dataset_status(dataset), ""),
+            lambda: dataset_state(api, dataset, previous),
             DATASET_READY,
             DATASET_FAILED,
             cfg,

@@ -239,12 +239,16 @@ def predict_with(
     """Per image: masks from the mean maps of `nets` under the views of `cfg.map_tta`, at the
     scale that gives its cells `cfg.diameter` px when that is set."""
     return [
-        maps_to_predictions(mean_maps(nets, im, sized_scale(nets, im, scale, cfg), cfg.map_tta), cfg)
+        maps_to_predictions(
+            mean_maps(nets, im, sized_scale(nets, im, scale, cfg), cfg.map_tta), cfg
+        )
         for im in images
     ]
 
 
-def sized_scale(nets: Sequence[UNet], image: torch.Tensor, scale: float, cfg: FlowUNetConfig) -> float:
+def sized_scale(
+    nets: Sequence[UNet], image: torch.Tensor, scale: float, cfg: FlowUNetConfig
+) -> float:
     """The scale at which the cells of `image` are `cfg.diameter` px wide: `scale` times that over
     the median diameter of the masks of a first pass at `scale` (one view). `scale` itself without
     a diameter or when the first pass finds no cell; within 4x of it either way."""

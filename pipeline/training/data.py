@@ -308,8 +308,9 @@ class CocoInstances(Dataset):
 
     Indexed by (record index, seed entropy) pairs from `TrainSampler`; `augment=None` gives the
     image at `scale` without randomness. With a `diameter`, each image is first scaled so its
-    median instance diameter becomes that many pixels (cellpose's size normalisation). The augmented instances (`Instances`, box crops) become
-    targets through the family's `make_targets`.
+    median instance diameter becomes that many pixels (cellpose's size normalisation). The
+    augmented instances (`Instances`, box crops) become targets through the family's
+    `make_targets`.
     """
 
     def __init__(
