@@ -3,7 +3,11 @@
 import base64
 import io
 import json
+import os
+import re
 import shutil
+import subprocess
+import sys
 import tempfile
 import zipfile
 from pathlib import Path
@@ -12,6 +16,7 @@ import pytest
 from kaggle_stub import KaggleStub, client_env, json_reply
 
 from pipeline.cli import main
+from pipeline.config import load_config
 from pipeline.core.fileio import write_json
 
 COMPETITION = "sartorius-cell-instance-segmentation"
@@ -339,3 +344,65 @@ def test_a_fresh_checkout_builds_and_pushes_a_training_kernel(tmp_path, monkeypa
     ]
     assert save.json()["modelDataSources"] == ["tester/livecell/pyTorch/r50/1"]
     assert not stub.calls(SESSION) and not stub.calls(SUBMIT)
+
+
+OUTPUT = "kernels.KernelsApiService/ListKernelSessionOutput"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def readme_block(containing: str) -> str:
+    """The README's bash block holding `containing`, continuation lines joined."""
+    blocks = re.findall(r"```bash\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    [block] = [b for b in blocks if containing in b]
+    return block.replace("\\\n", " ")
+
+
+@pytest.mark.parametrize("block", ["fresh checkout", "after a CPU run"])
+def test_readme_training_on_kaggle_runs_as_written(block, tmp_path, monkeypatch):
+    """README's two paths to a model trained on Kaggle, their commands as written (`<you>` =
+    tester) in a fresh folder, the real kaggle client and CLI against the stub: build and push
+    the training kernel (from a fresh checkout, or beside a CPU run's inference kernel), fetch
+    its output with `kaggle kernels output`, bundle those models, submit."""
+    (tmp_path / "configs").symlink_to(ROOT / "configs")
+    if block == "after a CPU run":  # what `make stages` leaves that `kernels` reads
+        cpu = load_config(ROOT / "configs" / "cpu.yaml", [f"work_dir={tmp_path / 'work'}"])
+        for path in cpu.fold_models():
+            path.parent.mkdir(parents=True)
+            path.write_bytes(b"cpu model")
+        write_json(cpu.layout.thresholds, {"thresholds": {}})
+    output = {  # what the training kernel leaves in /kaggle/working (tests/test_kernels.py)
+        "cellpipe/thresholds.json": json.dumps({"thresholds": {}}).encode(),
+        "cellpipe/config.yaml": b"model: {family: maskrcnn}\n",
+        "cellpipe/finetune/summary.json": b"{}",
+        **{f"cellpipe/finetune/maskrcnn/fold{k}/model_best.pth": b"fold %d" % k for k in range(5)},
+    }
+    with KaggleStub() as stub:
+        kaggle(stub, session=("COMPLETE",))
+        for name, body in output.items():
+            stub.files[f"/out/{name}"] = body
+        files = [{"fileName": n, "url": f"http://localhost/out/{n}"} for n in output]
+        stub.handlers[OUTPUT] = lambda r: json_reply({"files": files, "log": ""})
+        client_env(monkeypatch, stub, tmp_path / "cfg")
+        monkeypatch.setenv("TMPDIR", str(tmp_path))
+        monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+        marker = "kernels.inference=false" if block == "fresh checkout" else "train_config="
+        commands = readme_block(marker).replace("<you>", "tester")
+        run = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", commands],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+        )
+    assert run.returncode == 0, run.stdout + run.stderr
+    saves = [r.json() for r in stub.calls(SAVE)]
+    assert [s["slug"] for s in saves][-1] == "tester/cellpipe-inference"
+    [train] = [s for s in saves if s["slug"] == "tester/cellpipe-train"]
+    if block == "fresh checkout":
+        assert train["datasetDataSources"][1:] == ["tester/torchvision-maskrcnn-coco"]
+        assert not train.get("modelDataSources")  # a fresh checkout has no weights to ship
+    versions = len(stub.calls(CREATE_INSTANCE)) + len(stub.calls(INSTANCE_VERSION))
+    assert saves[-1]["modelDataSources"] == [f"tester/cellpipe-weights/pyTorch/default/{versions}"]
+    with zipfile.ZipFile(io.BytesIO(stub.uploads["/up/checkpoints.zip"])) as zf:  # the last
+        assert sorted(zf.read(n) for n in zf.namelist()) == [b"fold %d" % k for k in range(5)]
+    [submit] = stub.calls(SUBMIT)  # only once the Kaggle-trained models are bundled
+    assert submit.json()["kernelSlug"] == "cellpipe-inference"
