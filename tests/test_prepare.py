@@ -1,8 +1,13 @@
 """`cellpipe prepare`: the synthetic dataset, and the real Kaggle client against a loopback stub."""
 
 import io
+import os
+import re
 import socket
+import subprocess
+import sys
 import zipfile
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -120,3 +125,39 @@ def test_synthetic_is_written_once_and_never_over_real_data(tmp_path, capsys):
     assert main([*args, f"data_dir={tmp_path / 'real'}"]) == 2
     one_line(capsys, "did not generate: not overwriting it")
     assert (tmp_path / "real" / "mine.txt").read_text() == "precious"
+
+
+def test_readme_download_commands_run_as_written(tmp_path, monkeypatch):
+    """README's first Kaggle block with /data/sartorius in a temporary folder: the `kaggle` CLI
+    download and the unzip as written (against the stub), then each `make` line planned
+    (`make -n`: the GPU config trains for hours on a CPU) on the downloaded folder."""
+    root = Path(__file__).resolve().parents[1]
+    blocks = re.findall(r"```bash\n(.*?)```", (root / "README.md").read_text(), re.S)
+    [block] = [b for b in blocks if "kaggle competitions download" in b]
+    data = tmp_path / "data" / "sartorius"
+    lines = [
+        line.split("  #")[0].replace("/data/sartorius", str(data)) for line in block.splitlines()
+    ]
+    commands = [line for line in lines if line.strip() and not line.startswith("#")]
+    assert [c.split()[0] for c in commands] == ["kaggle", "unzip", "make", "make", "make"]
+    with KaggleStub() as stub:
+        stub.handlers[DOWNLOAD] = lambda request: redirect(
+            f"http://localhost/files/{COMPETITION}.zip"
+        )
+        stub.files[f"/files/{COMPETITION}.zip"] = competition_zip()
+        client_env(monkeypatch, stub, tmp_path / "cfg")
+        monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+        for command in commands[:2]:
+            subprocess.run(["bash", "-euc", command], cwd=tmp_path, check=True)
+    assert (data / "train.csv").is_file() and (data / "test" / "t1.png").is_file()
+    work = tmp_path / "work"
+    for command in commands[2:]:
+        planned = subprocess.run(
+            ["bash", "-euc", command.replace("make ", f"make -n WORK={work} ", 1)],
+            cwd=root,
+            capture_output=True,
+            text=True,
+        )
+        assert planned.returncode == 0, planned.stderr
+        assert f"data_dir={data}" in planned.stdout and "configs/kaggle_gpu.yaml" in planned.stdout
+    assert not work.exists()
