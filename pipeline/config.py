@@ -184,10 +184,6 @@ class FlowUNetConfig(Section):
     # the tuned `mask` threshold trims each cell)
     min_size: int = 5  # px: smaller groups of converging pixels are dropped before tuning
     n_iter: int = 200  # flow-following steps
-    # px: cellpose's size normalisation. Training scales each image so its median cell diameter
-    # (from the labels) becomes this; inference estimates it from a first pass (one view, at
-    # model.scale) and predicts again at that size. None: every image at model.scale
-    diameter: float | None = None
     # map-level TTA: views (pipeline.core.ensemble.VIEWS) whose maps are averaged before masks
     # are recovered, flows turned back with the image (predict.tta merges instances instead)
     map_tta: list[View] = ["none"]

@@ -4,8 +4,6 @@ U-Net that learns one image."""
 import numpy as np
 import pytest
 import torch
-from scipy import ndimage
-from torch import nn
 
 from pipeline.config import FlowUNetConfig, load_config
 from pipeline.core.ensemble import VIEWS
@@ -21,8 +19,6 @@ from pipeline.models.flow_unet import (
     flow_targets,
     image_maps,
     maps_to_predictions,
-    predict_with,
-    sized_scale,
     unview_maps,
 )
 from pipeline.models.inference import view_tensor
@@ -146,36 +142,3 @@ def test_maps_of_a_view_turn_back_into_the_maps_of_the_image(view):
     off_centre[tuple(np.transpose(centres))] = False
     want = ideal_maps(labels, [1, 2, 1])
     np.testing.assert_allclose(back[:, off_centre], want[:, off_centre], atol=1e-5)
-
-
-class IdealNet(nn.Module):
-    """The maps a perfect network gives for bright discs on a dark image, at whatever size the
-    image comes in: cell logits +-6, FLOW_SCALE x the heat flows of each bright component, the
-    logit of the one class."""
-
-    stride = 1
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        cells, _ = ndimage.label(x[0, 0].numpy() > 0.5)
-        logits = np.where(cells > 0, 6.0, -6.0)[None]
-        maps = np.concatenate([logits, FLOW_SCALE * label_flows(cells), logits])
-        return torch.from_numpy(maps.astype(np.float32))[None]
-
-
-def test_diameter_predicts_each_image_at_the_scale_of_its_cells():
-    labels = discs((64, 80), [(16, 16), (16, 50), (46, 30)], 7)  # diameter about 15 px
-    image = torch.from_numpy(np.where(labels > 0, 0.9, 0.1).astype(np.float32))[None]
-    cfg = FlowUNetConfig(min_size=1)
-    net = IdealNet()
-    assert sized_scale([net], image, 0.8, cfg) == 0.8  # no diameter: the given scale
-    sized = cfg.model_copy(update={"diameter": 30.0})
-    diameter = 2 * np.sqrt((labels == 1).sum() / np.pi)
-    assert sized_scale([net], image, 1.0, sized) == pytest.approx(30 / diameter, rel=0.05)
-    assert sized_scale([net], image, 0.5, sized) == pytest.approx(15 / diameter, rel=0.05)
-    assert sized_scale([net], torch.zeros(1, 32, 32), 1.0, sized) == 1.0  # no cell found
-    tiny = sized.model_copy(update={"diameter": 1000.0})
-    assert sized_scale([net], image, 1.0, tiny) == 4.0  # at most 4x either way
-    (pred,) = predict_with([net], [image], 1.0, sized)
-    assert pred.shape == (64, 80)
-    painted, _ = postprocess_image(pred, Thresholds(default=cfg.thresholds.to_core()))
-    assert map_iou(labels, painted) > 0.8

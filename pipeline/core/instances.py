@@ -118,9 +118,3 @@ def instance_boxes_and_crops(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray
     ids, boxes = instance_boxes(labels)
     crops = [labels[y0:y1, x0:x1] == k for k, (x0, y0, x1, y1) in zip(ids, boxes)]
     return ids, boxes, crops
-
-
-def median_diameter(areas: np.ndarray) -> float:
-    """Median diameter (px) of instances of these areas, as the circle of the same area has it;
-    0 for no instance."""
-    return float(np.median(2 * np.sqrt(areas / np.pi))) if len(areas) else 0.0

@@ -67,11 +67,6 @@ class CellModel(nn.Module):
         self.classes = list(classes)
         self.scale = scale  # images are resized by this before the network sees them
 
-    @property
-    def diameter(self) -> float | None:
-        """px: the median cell diameter each training image is scaled to (None: `scale` only)."""
-        return None
-
     @staticmethod
     def target_maker(cfg: Any) -> TargetMaker:
         """A picklable function from a training sample's `Instances` to this family's targets."""

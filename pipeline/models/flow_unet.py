@@ -22,7 +22,7 @@ from pipeline.config import FlowUNetConfig
 from pipeline.core.ensemble import VIEWS
 from pipeline.core.errors import CellpipeError
 from pipeline.core.flows import FLOW_SCALE, flow_error, label_flows, masks_from_flows
-from pipeline.core.instances import instance_boxes_and_crops, median_diameter
+from pipeline.core.instances import instance_boxes_and_crops
 from pipeline.core.predictions import ImagePredictions, quantise
 from pipeline.models.base import CellModel, Instances, register
 from pipeline.models.inference import view_tensor
@@ -113,10 +113,6 @@ class FlowUNetModel(CellModel):
     def __init__(self, cfg: FlowUNetConfig, classes: Sequence[str], scale: float = 1.0):
         super().__init__(cfg, classes, scale)
         self.net = UNet(cfg.channels, 3 + len(self.classes))
-
-    @property
-    def diameter(self) -> float | None:
-        return self.cfg.diameter
 
     @staticmethod
     def target_maker(cfg: FlowUNetConfig):
@@ -236,38 +232,8 @@ def mean_maps(
 def predict_with(
     nets: Sequence[UNet], images: Sequence[torch.Tensor], scale: float, cfg: FlowUNetConfig
 ) -> list[ImagePredictions]:
-    """Per image: masks from the mean maps of `nets` under the views of `cfg.map_tta`, at the
-    scale that gives its cells `cfg.diameter` px when that is set."""
-    return [
-        maps_to_predictions(
-            mean_maps(nets, im, sized_scale(nets, im, scale, cfg), cfg.map_tta), cfg
-        )
-        for im in images
-    ]
-
-
-def sized_scale(
-    nets: Sequence[UNet], image: torch.Tensor, scale: float, cfg: FlowUNetConfig
-) -> float:
-    """The scale at which the cells of `image` are `cfg.diameter` px wide: `scale` times that over
-    the median diameter of the masks of a first pass at `scale` (one view). `scale` itself without
-    a diameter or when the first pass finds no cell; within 4x of it either way."""
-    if not cfg.diameter:
-        return scale
-    maps = mean_maps(nets, image, scale, ["none"])
-    labels = masks_from_flows(
-        maps[0],
-        np.ascontiguousarray(maps[1:3]),
-        cellprob_threshold=_logit(cfg.foreground),
-        flow_threshold=0.0,
-        min_size=cfg.min_size,
-        n_iter=cfg.n_iter,
-    )
-    areas = np.bincount(labels.ravel())[1:]
-    diameter = median_diameter(areas[areas > 0].astype(np.float64))
-    if diameter <= 0:
-        return scale
-    return float(np.clip(scale * cfg.diameter / diameter, scale / 4, scale * 4))
+    """Per image: masks from the mean maps of `nets` under the views of `cfg.map_tta`."""
+    return [maps_to_predictions(mean_maps(nets, im, scale, cfg.map_tta), cfg) for im in images]
 
 
 def maps_to_predictions(maps: np.ndarray, cfg: FlowUNetConfig) -> ImagePredictions:

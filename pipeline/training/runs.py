@@ -168,9 +168,7 @@ def train_run(
         **checkpoint_meta(cfg.model, family, mapping.classes),
         "params": params.model_dump(mode="json"),
     }
-    dataset = CocoInstances(
-        records, model.target_maker(block), cfg.model.scale, train.augment, model.diameter
-    )
+    dataset = CocoInstances(records, model.target_maker(block), cfg.model.scale, train.augment)
     return fit(
         model,
         dataset,
