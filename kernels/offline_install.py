@@ -76,7 +76,7 @@ importlib.invalidate_caches()
 
 def check_requirements() -> None:
     """Print cellpipe's requirements as this image has them; stop with one line naming those it
-    lacks (a version other than cellpipe's pin is printed, not fatal: Kaggle's torch is older)."""
+    lacks (a version outside cellpipe's range is printed, not fatal)."""
     import re
     from importlib import metadata
 
