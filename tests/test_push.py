@@ -308,9 +308,16 @@ def test_credentials_in_a_built_folder_stop_the_push(work, tmp_path, monkeypatch
     assert stub.requests == []
 
 
-def test_push_needs_the_built_folders(tmp_path, capsys):
-    assert main(["push", f"work_dir={tmp_path}"]) == 2
+def test_push_needs_the_built_folders(work, tmp_path, monkeypatch, capsys):
+    assert main(["push", f"work_dir={tmp_path / 'empty'}"]) == 2
     assert "run `cellpipe kernels` first" in one_line_error(capsys)
+    shutil.rmtree(work / "kernels" / "weights")  # the manifest says the weights are a model
+    with KaggleStub() as stub:
+        kaggle(stub)
+        client_env(monkeypatch, stub, tmp_path / "cfg")
+        assert push(work) == 2
+    assert "weights (run `cellpipe kernels --force`)" in one_line_error(capsys)
+    assert not stub.calls(CREATE) and not stub.calls(CREATE_MODEL)
 
 
 def test_a_fresh_checkout_builds_and_pushes_a_training_kernel(tmp_path, monkeypatch):

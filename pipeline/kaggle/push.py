@@ -8,9 +8,9 @@ dataset exists) with sub-folders zipped, waiting until Kaggle has processed that
 (not a previous one's "ready"); `kaggle kernels push` of the inference notebook (and of the
 training one with `kernels.push_train`); then, with `kernels.submit`, waiting for that notebook
 version's run and `kaggle competitions submit -k OWNER/SLUG -v VERSION -m "MESSAGE [LEDGER
-KEY]"`. The owner is `kernels.owner` or the account of
-the Kaggle config; the metadata is rewritten for it before anything is sent. Without
-credentials, offline, or when Kaggle refuses, it stops with one line.
+KEY]"`. The owner is `kernels.owner` or the account of the Kaggle config; the metadata is
+rewritten for it before anything is sent. Without credentials, offline, or when Kaggle refuses,
+it stops with one line.
 """
 
 from __future__ import annotations
@@ -166,7 +166,7 @@ def push(cfg: Config) -> None:
     owner = params.owner or api.get_config_value("username")
     as_model = manifest.get("weights", {}).get("as") == "model"
     if as_model and not layout.kernels_weights.is_dir():
-        raise CellpipeError(f"missing {layout.kernels_weights} (run `cellpipe kernels` again)")
+        raise CellpipeError(f"missing {layout.kernels_weights} (run `cellpipe kernels --force`)")
     version = push_weights(api, cfg, owner) if as_model else None
     write_metadata(cfg, owner, layout.kernels_bundle, kernel_folders(cfg), version)
     dataset = f"{owner}/{slug(params.dataset_title)}"
