@@ -234,7 +234,7 @@ IMAGE_PINS = dict(
 def image_site_packages() -> Path:
     """site-packages of the Kaggle image's venv (`make kaggle-image`: kernels/kaggle-image.txt
     installed from the index); the test skips, saying so, where it is not built."""
-    image = Path(os.environ.get("CELLPIPE_KAGGLE_IMAGE", ROOT / ".kaggle-image"))
+    image = Path(os.environ.get("CELLPIPE_KAGGLE_IMAGE", ROOT / ".kaggle-image")).resolve()
     if not (image / ".installed").is_file():
         pytest.skip(f"no Kaggle image venv at {image}: `make kaggle-image` builds it")
     return next((image / "lib").glob("python*/site-packages"))
