@@ -35,6 +35,12 @@ from pipeline.training.engine import save_checkpoint
 from pipeline.training.runs import write_pretrain_summary
 
 COMPETITION = "sartorius-cell-instance-segmentation"
+ROOT = Path(__file__).resolve().parents[1]
+IMAGE_PINS = dict(  # the Kaggle image's pinned versions: name -> version
+    line.split("#")[0].strip().split("==")
+    for line in (ROOT / "kernels" / "kaggle-image.txt").read_text().splitlines()
+    if "==" in line.split("#")[0]
+)
 CLASSES = ["astro", "cort", "shsy5y"]  # as the training stages name them: sorted cell types
 # a light Mask R-CNN: random weights, few detections, so the notebook runs in seconds on a CPU
 SETTINGS = [
@@ -221,14 +227,6 @@ def test_bundle_holds_what_the_kernels_need(built, project, capsys):
     capsys.readouterr()
     assert main(["kernels", *settings]) == 0
     assert "kernels: up to date" in capsys.readouterr().out
-
-
-ROOT = Path(__file__).resolve().parents[1]
-IMAGE_PINS = dict(
-    line.split("#")[0].strip().split("==")
-    for line in (ROOT / "kernels" / "kaggle-image.txt").read_text().splitlines()
-    if "==" in line.split("#")[0]
-)
 
 
 def image_site_packages() -> Path:
