@@ -85,6 +85,39 @@ def test_a_few_iterations_decrease_the_loss(tmp_path):
     assert (tmp_path / "run" / "model_best.pth").is_file()  # no validation: the final model
 
 
+def test_bfloat16_autocasts_cpu_training_and_tracks_float32(tmp_path):
+    """On the CPU, amp_dtype bfloat16 autocasts the forward pass (float16 does not: it falls
+    back to float32); weights stay float32 and the losses follow float32 training's."""
+    from pipeline.config import load_config
+    from pipeline.models import build_model
+    from pipeline.models.flow_unet import flow_targets
+
+    coco = tiny_coco(tmp_path / "data", n_images=2)
+    mapping = ClassMapping.from_categories(coco["categories"])
+    records, _ = load_records(coco, tmp_path / "data", mapping)
+    data = CocoInstances(records, flow_targets)
+    cfg = load_config(overrides=["model.flow_unet.channels=[8,16]"]).model
+    solver = SOLVER.model_copy(
+        update={"max_iter": 30, "eval_period": 0, "optimizer": "adamw", "base_lr": 3e-3}
+    )
+    meta = {"model_config": {}, "classes": ["a", "b"], "params": {"x": 1}}
+    runs = {}
+    for amp, dtype in ((False, "float32"), (True, "bfloat16"), (True, "float16")):
+        torch.manual_seed(0)
+        model = build_model(cfg, ["a", "b"], "flow_unet")
+        seen = set()
+        model.net.down[0].register_forward_hook(lambda m, args, out, seen=seen: seen.add(out.dtype))
+        settings = {"amp": amp, "amp_dtype": "float16" if dtype == "float32" else dtype}
+        fit(model, data, solver.model_copy(update=settings), tmp_path / dtype, meta, CPU)
+        assert seen == {torch.bfloat16 if dtype == "bfloat16" else torch.float32}, dtype
+        assert all(p.dtype == torch.float32 for p in model.parameters())
+        runs[dtype] = [m["loss"] for m in metrics(tmp_path / dtype) if "loss" in m]
+    first, last = sum(runs["float32"][:5]), sum(runs["float32"][-5:])
+    assert last < 0.8 * first  # training works, and bfloat16 follows it
+    assert sum(runs["bfloat16"][-5:]) == pytest.approx(last, rel=0.1)
+    assert runs["float16"] == runs["float32"]  # no autocast: the same computation
+
+
 @pytest.mark.parametrize("optimizer, lr", [("sgd", 0.02), ("adamw", 1e-3)])
 def test_resume_after_interrupt_gives_the_same_weights(tmp_path, optimizer, lr):
     data, _ = dataset(tmp_path / "data")

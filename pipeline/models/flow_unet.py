@@ -127,7 +127,7 @@ class FlowUNetModel(CellModel):
         self, images: list[torch.Tensor], targets: list[dict[str, torch.Tensor]]
     ) -> dict[str, torch.Tensor]:
         batch, height, width = _normalised_batch(images, self.net.stride)
-        out = self.net(batch)
+        out = self.net(batch).float()  # losses in float32 under autocast
         ones = [torch.ones(im.shape[-2:], device=batch.device) for im in images]
         valid = torch.stack([_pad_to(one, height, width) for one in ones])
         classes = torch.stack([_pad_to(t["classes"], height, width) for t in targets])

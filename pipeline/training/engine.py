@@ -184,8 +184,9 @@ def fit(
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = build_optimizer(solver, params)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: lr_factor(solver, i))
-    amp = solver.amp and ctx.device.type == "cuda"
     amp_dtype = getattr(torch, solver.amp_dtype)
+    # CUDA: either dtype; CPU: bfloat16 only (float16 autocast there is slow or unsupported)
+    amp = solver.amp and (ctx.device.type == "cuda" or amp_dtype == torch.bfloat16)
     scaler = torch.amp.GradScaler("cuda", enabled=amp and amp_dtype == torch.float16)
 
     # --- resume, or start from the initial weights
