@@ -414,7 +414,7 @@ class KernelsConfig(Section):
     inference: bool = True  # build the inference kernel (needs fold models and thresholds.json);
     # false: a training bundle and kernel only, from a fresh checkout (push trains, never submits)
     weights_as: Literal["model", "dataset"] = "model"  # where models travel: a Kaggle Model
-    # instance (kernels/weights/, versioned apart from the code) or inside the bundle dataset
+    # instance (work/kernels/weights/, versioned apart from the code) or inside the bundle
     model_title: str = "cellpipe weights"  # the Kaggle Model (weights_as=model); slug from it
     model_variation: str = "default"  # its instance (variation), framework PyTorch
     model_license: str = "Apache 2.0"  # the instance's license, as Kaggle names it

@@ -108,7 +108,8 @@ def exists(get: Callable[[], Any]) -> bool:
 
 
 def dataset_version(api: Any, dataset: str) -> int:
-    """The dataset's current version number (0 before its first one is processed)."""
+    """The dataset's current version number (0 before its first one is processed), asked of
+    the client's own SDK (`dataset_status(format="json")` reports it only in newer clients)."""
     from kagglesdk.datasets.types.dataset_api_service import ApiGetDatasetRequest
 
     owner, name = dataset.split("/")
