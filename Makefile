@@ -143,7 +143,7 @@ $(KAGGLE_IMAGE)/.installed: kernels/kaggle-image.txt
 
 # pytest exits 5 when it collects no test: that fails here like any other error.
 test: $(INSTALLED) $(KAGGLE_IMAGE)/.installed
-	CELLPIPE_KAGGLE_IMAGE=$(KAGGLE_IMAGE) $(BIN)/pytest -n 2 -q
+	CELLPIPE_KAGGLE_IMAGE=$(KAGGLE_IMAGE) $(BIN)/pytest -n 2 --dist loadgroup -q
 
 lint: $(INSTALLED)
 	$(BIN)/ruff check pipeline tests benchmarks

@@ -12,15 +12,16 @@ def git_commit() -> str | None:
     """The current commit, with `+dirty` when tracked files changed; None outside git."""
     try:
         commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, timeout=60
         ).stdout.strip()
         dirty = subprocess.run(
             ["git", "status", "--porcelain", "--untracked-files=no"],
             capture_output=True,
             text=True,
             check=True,
+            timeout=60,
         ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
+    except (OSError, subprocess.SubprocessError):  # no git, not a checkout, or git hangs
         return None
     return commit + ("+dirty" if dirty else "")
 

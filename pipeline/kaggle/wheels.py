@@ -15,12 +15,19 @@ from pipeline.core.errors import CellpipeError
 SOURCE_ROOT = Path(__file__).resolve().parents[2]  # the checkout the wheel is built from
 
 
+PIP_TIMEOUT_SECONDS = 1800  # a pip download or wheel build that takes longer has hung
+
+
 def _pip(args: list[str], what: str) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "pip", *args, "--quiet", "--disable-pip-version-check"],
-        capture_output=True,
-        text=True,
-    )
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "pip", *args, "--quiet", "--disable-pip-version-check"],
+            capture_output=True,
+            text=True,
+            timeout=PIP_TIMEOUT_SECONDS,
+        )
+    except subprocess.TimeoutExpired:
+        raise CellpipeError(f"{what}: no result after {PIP_TIMEOUT_SECONDS} s") from None
     if done.returncode != 0:
         said = [line for line in (done.stderr + done.stdout).splitlines() if line.strip()]
         raise CellpipeError(f"{what} failed: {said[-1] if said else f'exit {done.returncode}'}")

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 import pickle
-import signal
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -435,14 +434,6 @@ def collate(batch: list) -> tuple[list[torch.Tensor], list[dict], int]:
     """Images, targets and the number of unreadable images skipped from this batch."""
     samples = [b for b in batch if b is not None]
     return [s[0] for s in samples], [s[1] for s in samples], len(batch) - len(samples)
-
-
-def worker_init(_: int) -> None:
-    """Workers ignore Ctrl-C and SIGTERM (sent to the whole process group by `docker stop`,
-    `timeout`, SLURM, a Kaggle session's end): the training loop saves a checkpoint, then stops
-    them; they also exit on their own when the main process is gone."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 class CocoImages(Dataset):

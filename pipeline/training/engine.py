@@ -32,7 +32,8 @@ from pipeline.config import SolverConfig
 from pipeline.core.errors import CellpipeError
 from pipeline.core.fileio import atomic_path
 from pipeline.models.checkpoints import read_checkpoint
-from pipeline.training.data import CocoInstances, TrainSampler, collate, worker_init
+from pipeline.training.data import CocoInstances, TrainSampler, collate
+from pipeline.training.loaders import worker_batches, worker_init
 
 
 @dataclass(frozen=True)
@@ -259,9 +260,8 @@ def fit(
     bar = tqdm(total=solver.max_iter, initial=start, desc=label, disable=not ctx.main, unit="it")
     window: dict[str, float] = {}
     skipped, n_window, tick = 0, 0, time.perf_counter()
-    batches = iter(loader)
     log_file = open(metrics_path, "a") if ctx.main else _nowhere()  # noqa: SIM115
-    with StopRequest() as stop, log_file as log:
+    with StopRequest() as stop, log_file as log, worker_batches(loader) as batches:
         for iteration in range(start + 1, solver.max_iter + 1):
             images, targets = [], []
             while not images:  # a batch of only unreadable images is drawn again

@@ -32,6 +32,7 @@ from pipeline.training.data import (
     notes_line,
 )
 from pipeline.training.engine import Context, fit
+from pipeline.training.loaders import worker_batches, worker_init
 
 
 class RunParams(Section):
@@ -100,14 +101,21 @@ def evaluate(
     num_workers: int = 0,
 ) -> dict[str, float]:
     """Mean MAP-IoU of the model (eval mode) over the dataset's images."""
-    loader = DataLoader(dataset, batch_size=1, num_workers=num_workers, collate_fn=_first)
+    loader = DataLoader(
+        dataset,
+        batch_size=1,
+        num_workers=num_workers,
+        collate_fn=_first,
+        worker_init_fn=worker_init,
+    )
     scores = []
-    for item in loader:
-        if item is None:
-            continue
-        image, truth = item
-        pred = model.predict([image.to(device)])[0]
-        scores.append(map_iou(truth, postprocess_image(pred, thresholds)[0]))
+    with worker_batches(loader) as items:
+        for item in items:
+            if item is None:
+                continue
+            image, truth = item
+            pred = model.predict([image.to(device)])[0]
+            scores.append(map_iou(truth, postprocess_image(pred, thresholds)[0]))
     if not scores:
         raise CellpipeError("no readable validation image")
     return {"map_iou": float(np.mean(scores)), "images": len(scores)}
