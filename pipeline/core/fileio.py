@@ -68,10 +68,12 @@ def read_json(path: Path | str) -> Any:
     if not path.is_file():
         raise CellpipeError(f"missing file: {path}")
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             return json.load(f)
     except json.JSONDecodeError as e:
-        raise CellpipeError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+        raise CellpipeError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from e
+    except UnicodeDecodeError as e:
+        raise CellpipeError(f"{path}: not valid JSON (not UTF-8 text at byte {e.start})") from e
 
 
 def read_image(path: Path | str) -> np.ndarray:
