@@ -7,14 +7,20 @@ import os
 import pickle
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
+import numpy as np
 import pytest
+import tifffile
 import torch
+from PIL import UnidentifiedImageError
 from test_models import newer_torch_file
 
 from pipeline.cli import main as cellpipe
 from pipeline.cli import report_unexpected
+from pipeline.core.errors import CellpipeError
+from pipeline.core.fileio import image_shape, read_image, write_png
 
 REPO = Path(__file__).parents[1]
 HINT = "for the traceback, rerun as `cellpipe --debug import-weights ...` or with CELLPIPE_DEBUG=1"
@@ -103,31 +109,106 @@ def test_the_causes_of_an_unexpected_error_are_kept(capsys):
     assert err[3].startswith("cellpipe predict: for the traceback, rerun as `cellpipe --debug")
 
 
-# After its imports, the process may map only 24 MiB more: reading a 48 MiB checkpoint (a .pth, or
-# a model-zoo .pkl) then runs out of memory, which is no fault of the file.
-OUT_OF_MEMORY = """
+# After its imports, the process may map only 24 MiB more: reading a checkpoint (a .pth, or a
+# model-zoo .pkl) of 48 MiB, or an image of as many pixels, then runs out of memory, which is no
+# fault of the file.
+LIMITED = """
 import resource, sys
-import numpy, torch
+import numpy, PIL.Image, tifffile, torch
 import pipeline.cli, pipeline.models, pipeline.models.checkpoints, pipeline.stages.import_weights
 with open("/proc/self/status") as f:
     mapped = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize"))
 resource.setrlimit(resource.RLIMIT_AS, (mapped + 24 * 2**20, resource.RLIM_INFINITY))
-sys.exit(pipeline.cli.main(sys.argv[1:]))
 """
+linux_only = pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="RLIMIT_AS and /proc: Linux"
+)
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_AS and /proc: Linux")
+@linux_only
 @pytest.mark.parametrize("suffix", [".pth", ".pkl"])
-def test_running_out_of_memory_is_not_called_a_bad_file(tmp_path, suffix):
+def test_running_out_of_memory_is_not_called_a_bad_weights_file(tmp_path, suffix):
     path = tmp_path / f"big{suffix}"
     weights = torch.zeros(12 * 2**20)  # 48 MiB of float32
     if suffix == ".pth":
         torch.save({"model": {"w": weights}}, path)
     else:
         path.write_bytes(pickle.dumps({"model": {"w": weights.numpy()}}))
-    done = run("import-weights", str(path), str(tmp_path / "init.pth"), code=OUT_OF_MEMORY)
+    code = LIMITED + "sys.exit(pipeline.cli.main(sys.argv[1:]))"
+    done = run("import-weights", str(path), str(tmp_path / "init.pth"), code=code)
     assert done.returncode == 1, done.stderr
     assert "cannot read weights" not in done.stderr
     first = done.stderr.splitlines()[0]
     assert first.startswith("cellpipe import-weights: unexpected error: "), done.stderr
     assert "MemoryError" in first or "can't allocate memory" in first, done.stderr
+
+
+@linux_only
+@pytest.mark.parametrize("suffix", [".png", ".tif"])
+def test_running_out_of_memory_is_not_called_a_bad_image(tmp_path, suffix):
+    path = tmp_path / f"big{suffix}"
+    write_image(path, np.zeros((7000, 7000), np.uint8))  # 47 MiB of pixels, a small file
+    code = LIMITED + "pipeline.core.fileio.read_image(sys.argv[1])"
+    done = run(str(path), code=code)
+    assert done.returncode == 1 and "MemoryError" in done.stderr.splitlines()[-1], done.stderr
+    assert "cannot read image" not in done.stderr
+
+
+def write_image(path: Path, pixels: np.ndarray) -> bytes:
+    """A PNG, or a zlib-compressed TIFF, of `pixels`; its bytes."""
+    if path.suffix == ".tif":
+        tifffile.imwrite(path, pixels, compression="zlib")
+    else:
+        write_png(path, pixels)
+    return path.read_bytes()
+
+
+def flip_bytes(data: bytes, start: int, count: int = 64) -> bytes:
+    return (
+        data[:start] + bytes(b ^ 0xFF for b in data[start : start + count]) + data[start + count :]
+    )
+
+
+# a damaged image file: its bytes from a good one, what the decoder raises, what the line says
+DAMAGED_IMAGES = {
+    "truncated png": (
+        ".png",
+        lambda good: good[: len(good) // 2],
+        OSError,
+        "image file is truncated",
+    ),
+    "damaged png": (
+        ".png",
+        lambda good: flip_bytes(good, len(good) // 2),
+        OSError,
+        "data stream contents when reading image file",
+    ),
+    "text as png": (
+        ".png",
+        lambda good: b"not an image",
+        UnidentifiedImageError,
+        "cannot identify image file",
+    ),
+    "truncated tiff": (
+        ".tif",
+        lambda good: good[:-100],
+        zlib.error,
+        "Error -5 while decompressing",
+    ),
+    "empty tiff": (".tif", lambda good: b"", tifffile.TiffFileError, "not a TIFF file"),
+}
+
+
+@pytest.mark.parametrize("kind", DAMAGED_IMAGES)
+def test_a_damaged_image_is_one_line_with_its_cause(tmp_path, kind):
+    suffix, make, raised, said = DAMAGED_IMAGES[kind]
+    rng = np.random.default_rng(0)
+    good = write_image(tmp_path / f"good{suffix}", rng.integers(0, 255, (64, 80), np.uint8))
+    path = tmp_path / f"bad{suffix}"
+    path.write_bytes(make(good))
+    with pytest.raises(CellpipeError, match=f"^cannot read image {path}: .*{said}") as caught:
+        read_image(path)
+    assert type(caught.value.__cause__) is raised
+    if kind.startswith(("text", "empty")):  # the header too
+        with pytest.raises(CellpipeError, match=f"^cannot read image {path}: "):
+            image_shape(path)
