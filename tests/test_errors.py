@@ -7,6 +7,7 @@ import os
 import pickle
 import subprocess
 import sys
+import zipfile
 import zlib
 from pathlib import Path
 
@@ -21,6 +22,8 @@ from pipeline.cli import main as cellpipe
 from pipeline.cli import report_unexpected
 from pipeline.core.errors import CellpipeError
 from pipeline.core.fileio import image_shape, read_image, write_png
+from pipeline.core.postprocess import load_tuned
+from pipeline.core.predictions import ImagePredictions, load_predictions, save_predictions
 
 REPO = Path(__file__).parents[1]
 HINT = "for the traceback, rerun as `cellpipe --debug import-weights ...` or with CELLPIPE_DEBUG=1"
@@ -212,3 +215,39 @@ def test_a_damaged_image_is_one_line_with_its_cause(tmp_path, kind):
     if kind.startswith(("text", "empty")):  # the header too
         with pytest.raises(CellpipeError, match=f"^cannot read image {path}: "):
             image_shape(path)
+
+
+def test_a_config_that_is_not_yaml_says_where(tmp_path, capsys):
+    config = tmp_path / "bad.yaml"
+    config.write_text("model:\n  family: maskrcnn\n bad: [1, 2\n")
+    assert cellpipe(["models", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"cellpipe models: error: config {config}: not valid YAML (line 3, column 2: "
+        "expected <block end>, but found '<block mapping start>' while parsing a block mapping "
+        "from line 1)\n"
+    )
+    config.write_bytes(b"model: {family: maskrcnn}\n# \xff\n")
+    assert cellpipe(["models", "--config", str(config)]) == 2
+    assert "not UTF-8 text (byte 28)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("keep", [0, 100])  # an empty file; a truncated one
+def test_a_damaged_predictions_file_is_one_line_with_its_cause(tmp_path, keep):
+    boxes = np.array([[0, 0, 4, 3]], np.int32)
+    masks = [np.full((3, 4), 200, np.uint8)]
+    one = ImagePredictions((8, 8), boxes, np.ones(1, np.float32), np.ones(1, np.int32), masks)
+    save_predictions(tmp_path / "oof.npz", {"a": one})
+    assert load_predictions(tmp_path / "oof.npz")["a"].boxes.tolist() == boxes.tolist()
+    damaged = tmp_path / "damaged.npz"
+    damaged.write_bytes((tmp_path / "oof.npz").read_bytes()[:keep])
+    with pytest.raises(CellpipeError, match="not a cellpipe predictions file") as caught:
+        load_predictions(damaged)
+    assert type(caught.value.__cause__) is (EOFError if keep == 0 else zipfile.BadZipFile)
+
+
+def test_a_thresholds_file_that_is_not_json_is_one_line(tmp_path):
+    path = tmp_path / "thresholds.json"
+    path.write_text('{"weights": {"maskrcnn": 1.0}, ')
+    with pytest.raises(CellpipeError, match=r"thresholds\.json: not valid JSON \(Expecting"):
+        load_tuned(path)

@@ -95,10 +95,10 @@ def kaggle_call(what: str, refused_hint: str = "") -> Iterator[None]:
     except requests.exceptions.ConnectionError as e:
         errno = re.search(r"\[Errno -?\d+\] [^'\")]+", str(e))  # the socket's own words
         reason = errno.group(0) if errno else type(e).__name__
-        raise CellpipeError(f"{what}: cannot reach Kaggle (offline?): {reason}") from None
+        raise CellpipeError(f"{what}: cannot reach Kaggle (offline?): {reason}") from e
     except requests.exceptions.HTTPError as e:
         status = e.response.status_code if e.response is not None else "?"
         hint = f": {refused_hint}" if refused_hint and status in (401, 403) else ""
-        raise CellpipeError(f"{what}: Kaggle answered HTTP {status}{hint}") from None
+        raise CellpipeError(f"{what}: Kaggle answered HTTP {status}{hint}") from e
     except ValueError as e:  # the client's checks of the metadata
-        raise CellpipeError(f"{what}: {e}") from None
+        raise CellpipeError(f"{what}: {e}") from e
