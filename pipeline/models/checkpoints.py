@@ -36,7 +36,7 @@ from pipeline.models.foreign_weights import (
 ZIP_START, PICKLE_START = b"PK\x03\x04", b"\x80"
 # torch's RuntimeErrors for a damaged zip, a zip not written by torch.save, and a truncated file of
 # torch < 1.6; its other RuntimeErrors (a file from a newer torch, no memory left) are not the
-# file's fault. struct.error: a truncated header of torch < 1.6.
+# file's fault
 TORCH_FILE_ERRORS = (
     "PytorchStreamReader failed",
     "file in archive is not in a subdirectory",
@@ -61,7 +61,7 @@ def read_torch_file(path: Path) -> Any:
     except (
         pickle.UnpicklingError,
         EOFError,
-        struct.error,
+        struct.error,  # a truncated header of torch < 1.6
         FileNotFoundError,
         PermissionError,
     ) as e:
