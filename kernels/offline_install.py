@@ -108,9 +108,10 @@ print(f"competition data {DATA}; cellpipe installed at {Path(pipeline.__file__).
 
 
 def run(command: str, config: Path) -> None:
-    """One cellpipe command in this process, as a notebook cell runs it; raises if it fails."""
+    """One cellpipe command in this process, as a notebook cell runs it; raises if it fails.
+    An unexpected error prints its traceback (--debug): the notebook's log is all there is."""
     from pipeline.cli import main as cellpipe
 
-    code = cellpipe([command, "--config", str(config)])
+    code = cellpipe(["--debug", command, "--config", str(config)])
     if code != 0:
         raise RuntimeError(f"cellpipe {command} failed (exit {code}; its message is above)")

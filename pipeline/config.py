@@ -13,7 +13,7 @@ from typing import Any, ClassVar, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
-from pipeline.core.errors import CellpipeError
+from pipeline.core.errors import CellpipeError, full_message
 
 # the eight symmetries of the square, as pipeline.core.ensemble.VIEWS names them
 View = Literal["none", "hflip", "vflip", "hvflip", "transpose", "rot90", "rot270", "antitranspose"]
@@ -605,6 +605,17 @@ class Layout:
         return self.livecell / "images" / sub
 
 
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """Where and what a YAML error is, on one line: `line 3, column 2: expected <block end>, but
+    found '<block mapping start>' while parsing a block mapping from line 1`."""
+    mark, context_mark = getattr(error, "problem_mark", None), getattr(error, "context_mark", None)
+    if mark is None:
+        return full_message(error)
+    context = getattr(error, "context", None)
+    since = f" {context} from line {context_mark.line + 1}" if context and context_mark else ""
+    return f"line {mark.line + 1}, column {mark.column + 1}: {error.problem}{since}"
+
+
 def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     path = path.resolve()
     if path in seen:
@@ -612,9 +623,11 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     if not path.is_file():
         raise CellpipeError(f"missing config file: {path}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
-        raise CellpipeError(f"config {path}: not valid YAML ({str(e).splitlines()[0]})") from None
+        raise CellpipeError(f"config {path}: not valid YAML ({_yaml_problem(e)})") from e
+    except UnicodeDecodeError as e:
+        raise CellpipeError(f"config {path}: not UTF-8 text (byte {e.start})") from e
     if not isinstance(data, dict):
         raise CellpipeError(f"config {path}: expected a mapping at the top level")
     base = data.pop("_base_", None)
@@ -661,7 +674,7 @@ def load_config(path: Path | str | None = None, overrides: list[str] | None = No
         where = "".join(f" {p}" if i == 0 else f".{p}" for i, p in enumerate(first["loc"]))
         more = f" (+{e.error_count() - 1} more)" if e.error_count() > 1 else ""
         message = first["msg"].removeprefix("Value error, ")
-        raise CellpipeError(f"config{where}: {message}{more}") from None
+        raise CellpipeError(f"config{where}: {message}{more}") from e
 
 
 def dump_yaml(section: BaseModel) -> str:

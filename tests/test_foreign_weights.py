@@ -23,6 +23,7 @@ from pipeline.models.foreign_weights import (
     DETECTRON2_PIXEL_STD,
     detectron2_settings,
     detectron2_to_torchvision,
+    read_pickle_arrays,
 )
 
 FIXTURE = Path(__file__).parent / "fixtures" / "detectron2_mask_rcnn_R_50_FPN.json"
@@ -173,3 +174,34 @@ def test_import_weights_writes_an_init_file_and_says_what_to_train_with(tmp_path
         load_weights(maskrcnn(MaskRCNNConfig(), n_classes), dest)
     assert cellpipe(["import-weights", str(tmp_path / "absent.pth"), str(dest)]) == 2
     assert "missing weights file" in capsys.readouterr().err
+
+
+# a damaged model-zoo pickle: what the unpickler raises, and what the one line keeps of it
+DAMAGED_PICKLES = {
+    "truncated": (
+        lambda good: good[: len(good) // 2],
+        pickle.UnpicklingError,
+        "pickle data was truncated",
+    ),
+    "empty": (lambda good: b"", EOFError, "Ran out of input"),
+    "text": (lambda good: b"weights: none\n", pickle.UnpicklingError, "invalid load key, 'w'."),
+    "text read as an int opcode": (
+        lambda good: b"Iris weights\n",
+        ValueError,
+        "could not convert string to int",
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", DAMAGED_PICKLES)
+def test_a_damaged_pickle_is_one_line_with_its_cause(tmp_path, capsys, kind):
+    make, raised, said = DAMAGED_PICKLES[kind]
+    good = pickle.dumps({"model": {"conv.weight": np.arange(4096, dtype=np.float32)}})
+    path = tmp_path / "model_final.pkl"
+    path.write_bytes(make(good))
+    assert cellpipe(["import-weights", str(path), str(tmp_path / "init.pth")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"error: cannot read weights {path}: {said}" in err, err
+    with pytest.raises(CellpipeError) as caught:
+        read_pickle_arrays(path)
+    assert type(caught.value.__cause__) is raised

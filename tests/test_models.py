@@ -3,16 +3,22 @@ against torchvision), checkpoints (weight loading, old checkpoints)."""
 
 from __future__ import annotations
 
+import io
+import pickle
+import zipfile
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 import torchvision
 from torchvision.models.detection.roi_heads import paste_masks_in_image
 
+from pipeline.cli import main as cellpipe
 from pipeline.config import MaskRCNNConfig, ModelConfig, load_config
 from pipeline.core.errors import CellpipeError
 from pipeline.models import CellModel, build_model, families, family_class
-from pipeline.models.checkpoints import checkpoint_meta, load_model, load_weights
+from pipeline.models.checkpoints import checkpoint_meta, load_model, load_weights, read_checkpoint
 from pipeline.models.maskrcnn import BACKBONES, crop_mask_probs, torchvision_maskrcnn
 
 TINY = MaskRCNNConfig(
@@ -214,3 +220,106 @@ def test_load_weights_from_torchvision_state_dicts(tmp_path):
         load_weights(light, tmp_path / "broken.pth")
     with pytest.raises(CellpipeError, match="missing weights file"):
         load_weights(light, tmp_path / "absent.pth")
+
+
+def torch_file(path: Path, legacy: bool = False) -> bytes:
+    """A real torch.save file (the zip archive, or the pickle stream of torch < 1.6)."""
+    state = {"model": {"w": torch.arange(4096.0)}, "iteration": 3}
+    torch.save(state, path, _use_new_zipfile_serialization=not legacy)
+    return path.read_bytes()
+
+
+def newer_torch_file(folder: Path) -> Path:
+    """A torch.save file that says it was written by a torch newer than this one: torch.load
+    fails with its own RuntimeError, no fault of the file."""
+    good, newer = folder / "good.pth", folder / "newer.pth"
+    torch_file(good)
+    with zipfile.ZipFile(good) as zin, zipfile.ZipFile(newer, "w") as zout:
+        for info in zin.infolist():
+            data = zin.read(info)
+            zout.writestr(info, b"99\n" if info.filename.endswith("/version") else data)
+    return newer
+
+
+def blank_header(archive: bytes, member: str) -> bytes:
+    """A zip archive with the local header of its member named `...member` zeroed."""
+    with zipfile.ZipFile(io.BytesIO(archive)) as zf:
+        start = next(i.header_offset for i in zf.infolist() if i.filename.endswith(member))
+    return archive[:start] + bytes(30) + archive[start + 30 :]
+
+
+# the first pickle of a torch < 1.6 file: its magic number, followed by nothing in a truncated one
+LEGACY_MAGIC = len(pickle.dumps(torch.serialization.MAGIC_NUMBER, protocol=2))
+# a damaged or foreign file: what torch.load raises for it (None: refused by its first bytes, as
+# torch.load of a text file raises KeyError, IndexError or UnpicklingError by its first letter),
+# and what of that message the one line keeps (past the first line of a multi-line one)
+DAMAGED = {
+    "truncated": (
+        lambda good, tmp: good[: len(good) // 2],
+        zipfile.BadZipFile,
+        "truncated or damaged (File is not a zip file)",
+    ),
+    "truncated in its pickle, torch < 1.6": (
+        lambda good, tmp: torch_file(tmp / "legacy.pth", legacy=True)[:LEGACY_MAGIC],
+        EOFError,
+        ": EOFError",
+    ),
+    "truncated in its tensors, torch < 1.6": (
+        lambda good, tmp: torch_file(tmp / "legacy.pth", legacy=True)[:-100],
+        RuntimeError,
+        "unexpected EOF, expected 100 more bytes. The file might be corrupted.",
+    ),
+    "pickle of no tensors": (
+        lambda good, tmp: b"\x80\x04" + bytes(range(256)),
+        pickle.UnpicklingError,
+        "Weights only load failed. In PyTorch 2.6, we changed the default value of the "
+        "`weights_only` argument in `torch.load` from `False` to `True`. Re-running",  # line 1
+    ),
+    "damaged": (
+        lambda good, tmp: blank_header(good, "/data/0"),
+        RuntimeError,
+        "failed reading file data/0: invalid header or archive is corrupted",
+    ),
+    "another zip": (
+        lambda good, tmp: (tmp / "other.zip").read_bytes(),
+        RuntimeError,
+        "file in archive is not in a subdirectory: notes.txt",
+    ),
+    "text": (lambda good, tmp: b"hello: weights\n", None, "neither a zip archive nor a pickle"),
+    "empty": (lambda good, tmp: b"", None, "an empty file, not a torch.save file"),
+}
+
+
+@pytest.mark.parametrize("kind", DAMAGED)
+def test_a_damaged_weights_file_is_one_line_with_its_cause(tmp_path, capsys, kind):
+    make, raised, said = DAMAGED[kind]
+    good = torch_file(tmp_path / "good.pth")
+    with zipfile.ZipFile(tmp_path / "other.zip", "w") as zf:
+        zf.writestr("notes.txt", "not weights")
+    path = tmp_path / "bad.pth"
+    path.write_bytes(make(good, tmp_path))
+    assert cellpipe(["import-weights", str(path), str(tmp_path / "init.pth")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"error: cannot read weights {path}: " in err, err
+    assert said in err, err
+    with pytest.raises(CellpipeError) as caught:
+        read_checkpoint(path)
+    if raised is None:
+        assert caught.value.__cause__ is None
+    else:
+        assert type(caught.value.__cause__) is raised
+    assert not (tmp_path / "init.pth").exists()
+
+
+def test_the_weights_file_of_a_newer_torch_is_not_called_unreadable(tmp_path, capsys, monkeypatch):
+    """torch's own incompatibility is no fault of the file: its error goes on as it is (exit 1),
+    as does running out of memory (tests/test_errors.py)."""
+    newer = newer_torch_file(tmp_path)
+    with pytest.raises(RuntimeError, match="Attempted to read a PyTorch file with version 99"):
+        read_checkpoint(newer)
+    monkeypatch.delenv("CELLPIPE_DEBUG", raising=False)
+    assert cellpipe(["import-weights", str(newer), str(tmp_path / "init.pth")]) == 1
+    err = capsys.readouterr().err
+    assert "cannot read weights" not in err and "error: RuntimeError: " in err, err
+    assert "version 99, but the maximum supported version for reading is" in err
+    assert read_checkpoint(tmp_path / "good.pth")["iteration"] == 3  # the copy is what changed

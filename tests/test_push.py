@@ -33,6 +33,15 @@ CREATE_MODEL = "models.ModelApiService/CreateModel"
 GET_INSTANCE = "models.ModelApiService/GetModelInstance"
 CREATE_INSTANCE = "models.ModelApiService/CreateModelInstance"
 INSTANCE_VERSION = "models.ModelApiService/CreateModelInstanceVersion"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def kernel_inputs(work: Path) -> list[str]:
+    """What `cellpipe kernels` reads (one fold model, thresholds), under `work`; its settings."""
+    (work / "finetune" / "maskrcnn" / "fold0").mkdir(parents=True)
+    (work / "finetune" / "maskrcnn" / "fold0" / "model_best.pth").write_bytes(b"weights")  # copied
+    write_json(work / "thresholds.json", {"thresholds": {}})
+    return [f"work_dir={work}", "finetune.folds=[0]", "kernels.include_pretrained=false"]
 
 
 @pytest.fixture(scope="module")
@@ -40,10 +49,7 @@ def built(tmp_path_factory):
     """`cellpipe kernels` output, built without a Kaggle username (ids say a placeholder)."""
     root = tmp_path_factory.mktemp("push")
     work = root / "work"
-    (work / "finetune" / "maskrcnn" / "fold0").mkdir(parents=True)
-    (work / "finetune" / "maskrcnn" / "fold0" / "model_best.pth").write_bytes(b"weights")  # copied
-    write_json(work / "thresholds.json", {"thresholds": {}})
-    settings = [f"work_dir={work}", "finetune.folds=[0]", "kernels.include_pretrained=false"]
+    settings = kernel_inputs(work)
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("KAGGLE_USERNAME", raising=False)
         mp.setenv("KAGGLE_CONFIG_DIR", str(root / "no-config"))
@@ -62,10 +68,14 @@ def work(built, tmp_path, monkeypatch):
     return copy
 
 
-def push(work, *overrides):
+def push_args(work, *overrides) -> list[str]:
     settings = [f"work_dir={work}", "kernels.poll_seconds=0", "kernels.wait_minutes=0.05"]
     settings += ["kernels.include_pretrained=false"]
-    return main(["push", *settings, *overrides])
+    return ["push", *settings, *overrides]
+
+
+def push(work, *overrides):
+    return main(push_args(work, *overrides))
 
 
 def kaggle(
@@ -308,6 +318,76 @@ def test_credentials_in_a_built_folder_stop_the_push(work, tmp_path, monkeypatch
     assert stub.requests == []
 
 
+def kaggle_json(folder: Path, content: bytes) -> Path:
+    """The kaggle client's config file in `folder` (its KAGGLE_CONFIG_DIR)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "kaggle.json").write_bytes(content)
+    return folder / "kaggle.json"
+
+
+def test_the_account_of_kaggle_json_builds_and_pushes(work, tmp_path, monkeypatch):
+    """The client fixes where kaggle.json is when first imported: push runs in a new process."""
+    with KaggleStub() as stub:
+        kaggle(stub)
+        client_env(monkeypatch, stub, tmp_path / "cfg", credentials=False)
+        kaggle_json(tmp_path / "cfg", b'{"username": "filer", "key": "0123456789abcdef"}')
+        settings = kernel_inputs(tmp_path / "fresh")
+        assert main(["kernels", *settings]) == 0
+        meta = tmp_path / "fresh" / "kernels" / "inference" / "kernel-metadata.json"
+        assert json.loads(meta.read_text())["id"] == "filer/cellpipe-inference"
+        monkeypatch.setenv("TMPDIR", str(tmp_path))  # the client's upload bookkeeping
+        monkeypatch.setenv("PYTHONPATH", str(ROOT))
+        command = [sys.executable, "-m", "pipeline", *push_args(work)]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+    assert stub.calls(SAVE)[0].json()["slug"] == "filer/cellpipe-inference"
+    auth = "Basic " + base64.b64encode(b"filer:0123456789abcdef").decode()
+    assert all(r.headers.get("Authorization") == auth for r in stub.requests if r.rpc)
+
+
+# kaggle.json the client would silently drop (or crash on), and what the one line says of it
+MALFORMED_KAGGLE_JSON = {
+    "not JSON": (b'{"username": "filer", "key": ', "not valid JSON (Expecting value at line 1)"),
+    "not UTF-8": (b'{"username": "f\xe9", "key": "k"}', "not valid JSON (not UTF-8 text at byte"),
+    "not an object": (b'["filer", "0123456789abcdef"]', "an array, expected {"),
+    "no key": (b'{"username": "filer"}', "no 'key', expected {"),
+    "no username": (b'{"key": "0123456789abcdef"}', "no 'username', expected {"),
+    "a number for the key": (b'{"username": "filer", "key": 987654321}', "'key' is a number"),
+    "an empty username": (b'{"username": " ", "key": "0123456789abcdef"}', "'username' is empty"),
+}
+
+
+@pytest.mark.parametrize("kind", MALFORMED_KAGGLE_JSON)
+def test_a_malformed_kaggle_json_is_one_line_naming_it(work, tmp_path, monkeypatch, capsys, kind):
+    content, said = MALFORMED_KAGGLE_JSON[kind]
+    with KaggleStub() as stub:
+        kaggle(stub)
+        client_env(monkeypatch, stub, tmp_path / "cfg", credentials=False)
+        path = kaggle_json(tmp_path / "cfg", content)
+        assert push(work) == 2
+        err = one_line_error(capsys)
+        assert err.startswith(f"cellpipe push: error: {path}: {said}"), err
+        assert "987654321" not in err  # a key is never quoted
+        assert stub.requests == []
+        settings = kernel_inputs(tmp_path / "fresh")  # the bundle's owner would come from it
+        assert main(["kernels", *settings]) == 2
+        assert one_line_error(capsys).startswith(f"cellpipe kernels: error: {path}: {said}")
+        assert not (tmp_path / "fresh" / "kernels").exists()
+
+
+def test_the_environment_may_stand_in_for_a_field_of_kaggle_json(tmp_path, monkeypatch, capsys):
+    """The client takes KAGGLE_KEY over kaggle.json's key, so a file without one is fine then."""
+    client_env(monkeypatch, None, tmp_path / "cfg", credentials=False)
+    kaggle_json(tmp_path / "cfg", b'{"username": "filer"}')
+    settings = kernel_inputs(tmp_path / "fresh")
+    assert main(["kernels", *settings]) == 2
+    assert "no 'key'" in one_line_error(capsys)
+    monkeypatch.setenv("KAGGLE_KEY", "0123456789abcdef")
+    assert main(["kernels", *settings]) == 0
+    meta = tmp_path / "fresh" / "kernels" / "inference" / "kernel-metadata.json"
+    assert json.loads(meta.read_text())["id"] == "filer/cellpipe-inference"
+
+
 def test_push_needs_the_built_folders(work, tmp_path, monkeypatch, capsys):
     assert main(["push", f"work_dir={tmp_path / 'empty'}"]) == 2
     assert "run `cellpipe kernels` first" in one_line_error(capsys)
@@ -354,7 +434,6 @@ def test_a_fresh_checkout_builds_and_pushes_a_training_kernel(tmp_path, monkeypa
 
 
 OUTPUT = "kernels.KernelsApiService/ListKernelSessionOutput"
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def readme_block(containing: str) -> str:

@@ -1,4 +1,5 @@
-"""The exception type for user mistakes: the CLI prints its message on one line, no traceback."""
+"""The exception type for user mistakes: the CLI prints its message on one line, no traceback;
+and how a library's exception is quoted in such a line."""
 
 from __future__ import annotations
 
@@ -17,3 +18,10 @@ class RLEError(CellpipeError, ValueError):
         self.detail = detail
         self.instance = instance
         super().__init__(detail if instance is None else f"instance {instance}: {detail}")
+
+
+def full_message(error: BaseException) -> str:
+    """An exception's whole message on one line (its lines joined), or its type when it has none
+    (an EOFError from a truncated file says nothing)."""
+    text = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+    return text or type(error).__name__

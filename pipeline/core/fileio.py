@@ -7,14 +7,16 @@ import hashlib
 import json
 import os
 import shutil
+import struct
 import tempfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from pipeline.core.errors import CellpipeError
+from pipeline.core.errors import CellpipeError, full_message
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 
@@ -68,14 +70,28 @@ def read_json(path: Path | str) -> Any:
     if not path.is_file():
         raise CellpipeError(f"missing file: {path}")
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             return json.load(f)
     except json.JSONDecodeError as e:
-        raise CellpipeError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+        raise CellpipeError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from e
+    except UnicodeDecodeError as e:
+        raise CellpipeError(f"{path}: not valid JSON (not UTF-8 text at byte {e.start})") from e
+
+
+# what PIL and tifffile raise for a truncated, damaged or foreign file (tried on truncations and
+# byte flips of PNG, JPEG, BMP and TIFF files: OSError, TiffFileError (a ValueError), zlib.error);
+# anything else (MemoryError, a bug) is no fault of the file and goes on
+UNREADABLE_IMAGE = (OSError, ValueError, SyntaxError, EOFError, struct.error, zlib.error)
+
+
+def _unreadable_image(path: Path, error: BaseException) -> CellpipeError:
+    return CellpipeError(f"cannot read image {path}: {full_message(error)}")
 
 
 def read_image(path: Path | str) -> np.ndarray:
     """Read an 8- or 16-bit PNG/TIFF/BMP/JPEG as stored: (H, W) grey or (H, W, C) colour."""
+    from PIL import Image
+
     path = Path(path)
     if not path.is_file():
         raise CellpipeError(f"missing image: {path}")
@@ -85,14 +101,10 @@ def read_image(path: Path | str) -> np.ndarray:
 
             image = tifffile.imread(path)
         else:
-            from PIL import Image
-
             with Image.open(path) as im:
                 image = np.asarray(im)
-    except CellpipeError:
-        raise
-    except Exception as e:  # corrupt or truncated file: name it, do not crash deep in a decoder
-        raise CellpipeError(f"cannot read image {path}: {e}") from None
+    except (*UNREADABLE_IMAGE, Image.DecompressionBombError) as e:
+        raise _unreadable_image(path, e) from e
     if image.ndim not in (2, 3) or image.size == 0:
         raise CellpipeError(f"{path}: expected a 2-D image, got shape {image.shape}")
     return image
@@ -111,22 +123,22 @@ def read_image_checked(path: Path | str, shape: tuple[int, int]) -> np.ndarray:
 
 def image_shape(path: Path | str) -> tuple[int, int]:
     """(height, width) of an image file, read from its header where the format allows."""
+    from PIL import Image
+
     path = Path(path)
     if not path.is_file():
         raise CellpipeError(f"missing image: {path}")
-    if path.suffix.lower() in TIFF_SUFFIXES:
-        import tifffile
-
-        with tifffile.TiffFile(path) as tif:
-            shape = tif.pages[0].shape
-        return int(shape[0]), int(shape[1])
-    from PIL import Image
-
     try:
-        with Image.open(path) as im:
-            width, height = im.size
-    except Exception as e:
-        raise CellpipeError(f"cannot read image {path}: {e}") from None
+        if path.suffix.lower() in TIFF_SUFFIXES:
+            import tifffile
+
+            with tifffile.TiffFile(path) as tif:
+                height, width = tif.pages[0].shape[:2]
+        else:
+            with Image.open(path) as im:
+                width, height = im.size
+    except (*UNREADABLE_IMAGE, Image.DecompressionBombError) as e:
+        raise _unreadable_image(path, e) from e
     return int(height), int(width)
 
 

@@ -10,7 +10,6 @@ classes, as the popular Sartorius notebooks do) or of the instance's own class.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -18,6 +17,7 @@ from typing import Literal
 import numpy as np
 
 from pipeline.core.errors import CellpipeError
+from pipeline.core.fileio import read_json
 from pipeline.core.instances import order_by_area, order_by_score, paint_instances
 from pipeline.core.predictions import ImagePredictions
 
@@ -66,7 +66,7 @@ class Thresholds:
                 order=data["order"],
             )
         except (KeyError, TypeError, ValueError) as e:
-            raise CellpipeError(f"thresholds: malformed ({e})") from None
+            raise CellpipeError(f"thresholds: malformed ({e})") from e
 
 
 @dataclass(frozen=True)
@@ -84,12 +84,12 @@ def load_tuned(path: Path | str) -> TunedChoice:
     path = Path(path)
     if not path.is_file():
         raise CellpipeError(f"missing thresholds file: {path} (run `cellpipe tune` first)")
-    data = json.loads(path.read_text())
+    data = read_json(path)
     try:
         weights = {str(k): float(v) for k, v in data["weights"].items()}
         families = {f: data["candidates"][f]["thresholds"] for f in data["families"]}
     except (KeyError, TypeError, ValueError, AttributeError) as e:
-        raise CellpipeError(f"{path}: malformed ({e}); rerun `cellpipe tune`") from None
+        raise CellpipeError(f"{path}: malformed ({e}); rerun `cellpipe tune`") from e
     return TunedChoice(
         weights,
         Thresholds.from_json(data["thresholds"]),

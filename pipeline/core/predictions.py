@@ -10,12 +10,13 @@ byte array. 1000 detections of ~20x20 pixels take ~0.4 MB instead of 1.4 GB of f
 
 from __future__ import annotations
 
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from pipeline.core.errors import CellpipeError
+from pipeline.core.errors import CellpipeError, full_message
 from pipeline.core.fileio import atomic_path
 
 
@@ -93,8 +94,8 @@ def load_predictions(path: Path | str) -> dict[str, ImagePredictions]:
         ids, shapes, offsets = data["ids"], data["shapes"], data["offsets"]
         boxes, scores, labels, flat = data["boxes"], data["scores"], data["labels"], data["masks"]
         errors = data["errors"] if "errors" in data else np.zeros(len(scores), np.float32)
-    except (OSError, KeyError, ValueError) as e:
-        raise CellpipeError(f"{path}: not a cellpipe predictions file ({e})") from None
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise CellpipeError(f"{path}: not a cellpipe predictions file ({full_message(e)})") from e
     sizes = (boxes[:, 3] - boxes[:, 1]).astype(np.int64) * (boxes[:, 2] - boxes[:, 0])
     mask_offsets = np.concatenate([[0], np.cumsum(sizes)])
     out = {}

@@ -28,10 +28,10 @@ from pathlib import Path
 from pipeline.config import Config, dump_yaml, load_config
 from pipeline.core.errors import CellpipeError
 from pipeline.core.fileio import file_digest, write_text
+from pipeline.kaggle.client import kaggle_username
 from pipeline.kaggle.credentials import refuse_credentials
 from pipeline.kaggle.metadata import (
     PLACEHOLDER_OWNER,
-    kaggle_username,
     kernel_folders,
     kernel_metadata,
     slug,

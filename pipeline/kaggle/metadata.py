@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -25,20 +24,6 @@ def slug(title: str) -> str:
     from slugify import slugify
 
     return slugify(title)
-
-
-def kaggle_username() -> str | None:
-    """The username of the kaggle client's config (KAGGLE_USERNAME or kaggle.json), offline."""
-    if os.environ.get("KAGGLE_USERNAME"):
-        return os.environ["KAGGLE_USERNAME"]
-    folder = os.environ.get("KAGGLE_CONFIG_DIR")
-    if not folder:  # the client's default: ~/.kaggle, else ~/.config/kaggle on Linux
-        home = Path.home() / ".kaggle"
-        folder = home if home.exists() else Path.home() / ".config" / "kaggle"
-    try:
-        return json.loads((Path(folder) / "kaggle.json").read_text()).get("username") or None
-    except (OSError, ValueError, AttributeError):
-        return None
 
 
 def kernel_folders(cfg: Config) -> dict[str, Path]:

@@ -10,6 +10,9 @@ detectron2) go through pipeline.models.foreign_weights.
 
 from __future__ import annotations
 
+import pickle
+import struct
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,7 +22,54 @@ import torch
 from pipeline.config import MaskRCNNConfig, ModelConfig
 from pipeline.core.errors import CellpipeError
 from pipeline.models import CellModel, build_model
-from pipeline.models.foreign_weights import as_state_dict, needed_overrides, read_pickle_arrays
+from pipeline.models.foreign_weights import (
+    as_state_dict,
+    needed_overrides,
+    read_pickle_arrays,
+    unreadable_weights,
+)
+
+# torch.save writes a zip archive (a pickle stream before torch 1.6). torch.load of any other file
+# fails by whatever pickle opcode its first byte happens to be (KeyError, IndexError...), and of a
+# truncated zip with "OSError: [Errno 22] Invalid argument": such files are told by their first
+# bytes and by the zip's central directory before torch reads them.
+ZIP_START, PICKLE_START = b"PK\x03\x04", b"\x80"
+# torch's RuntimeErrors for a damaged zip, a zip not written by torch.save, and a truncated file of
+# torch < 1.6; its other RuntimeErrors (a file from a newer torch, no memory left) are not the
+# file's fault
+TORCH_FILE_ERRORS = (
+    "PytorchStreamReader failed",
+    "file in archive is not in a subdirectory",
+    "The file might be corrupted",
+)
+
+
+def read_torch_file(path: Path) -> Any:
+    """torch.load (tensors and plain data only), with a one-line error only when the file is no
+    readable torch file: empty, truncated, damaged or foreign."""
+    try:
+        with open(path, "rb") as f:
+            start = f.read(4)
+        if start.startswith(ZIP_START):
+            zipfile.ZipFile(path).close()  # reads the central directory, at the end of the file
+        elif not start.startswith(PICKLE_START):
+            what = "an empty file" if not start else "neither a zip archive nor a pickle"
+            raise CellpipeError(f"cannot read weights {path}: {what}, not a torch.save file")
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except zipfile.BadZipFile as e:
+        raise CellpipeError(f"cannot read weights {path}: truncated or damaged ({e})") from e
+    except (
+        pickle.UnpicklingError,
+        EOFError,
+        struct.error,  # a truncated header of torch < 1.6
+        FileNotFoundError,
+        PermissionError,
+    ) as e:
+        raise unreadable_weights(path, e) from e
+    except RuntimeError as e:
+        if not any(text in str(e) for text in TORCH_FILE_ERRORS):
+            raise
+        raise unreadable_weights(path, e) from e
 
 
 def read_checkpoint(path: Path | str) -> dict[str, Any]:
@@ -32,10 +82,7 @@ def read_checkpoint(path: Path | str) -> dict[str, Any]:
         if not isinstance(obj, dict):
             raise CellpipeError(f"{path}: expected a dict of arrays")
         return obj
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise CellpipeError(f"cannot read weights {path}: {str(e).splitlines()[0]}") from None
+    obj = read_torch_file(path)
     if not isinstance(obj, dict):
         raise CellpipeError(f"{path}: expected a state dict or a cellpipe checkpoint")
     return obj

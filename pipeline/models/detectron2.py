@@ -46,7 +46,7 @@ def detectron2_config(cfg: Detectron2Config, num_classes: int) -> Any:
     try:
         c = model_zoo.get_config(cfg.zoo_config)
     except RuntimeError as e:
-        raise CellpipeError(f"model.detectron2.zoo_config: {e}") from None
+        raise CellpipeError(f"model.detectron2.zoo_config: {e}") from e
     c.MODEL.DEVICE = "cpu"
     c.MODEL.WEIGHTS = ""
     c.MODEL.RESNETS.NORM = NORMS[cfg.norm]

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.core.errors import CellpipeError
+from pipeline.core.errors import CellpipeError, full_message
 
 # detectron2's Base-RCNN-FPN (every COCO and LIVECell R50-FPN config): BGR order, 0-255 pixels
 DETECTRON2_PIXEL_MEAN = (103.530, 116.280, 123.675)
@@ -53,15 +53,31 @@ class _ArraysOnly(pickle.Unpickler):
         raise CellpipeError(f"refusing {module}.{name}: a weights pickle may only hold arrays")
 
 
+# what a damaged or foreign file makes the unpickler raise (ValueError: a text opcode's argument,
+# UnicodeDecodeError); anything else (MemoryError, a numpy fault) is no fault of the file
+UNREADABLE_PICKLE = (
+    pickle.UnpicklingError,
+    EOFError,
+    ValueError,
+    FileNotFoundError,
+    PermissionError,
+)
+
+
+def unreadable_weights(path: Path | str, error: BaseException) -> CellpipeError:
+    """The one-line error for a file that is no readable weights file, quoting why in full."""
+    return CellpipeError(f"cannot read weights {path}: {full_message(error)}")
+
+
 def read_pickle_arrays(path: Path) -> Any:
     """A model-zoo pickle (Python 2 ones too) read by `_ArraysOnly`."""
     try:
         with open(path, "rb") as f:
             return _ArraysOnly(f, encoding="latin1").load()
-    except CellpipeError as e:
+    except CellpipeError as e:  # a refused global: the message says which
         raise CellpipeError(f"{path}: {e}") from None
-    except Exception as e:
-        raise CellpipeError(f"cannot read weights {path}: {str(e).splitlines()[0]}") from None
+    except UNREADABLE_PICKLE as e:
+        raise unreadable_weights(path, e) from e
 
 
 def as_state_dict(obj: Any, path: Path | str) -> dict[str, torch.Tensor]:

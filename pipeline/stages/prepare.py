@@ -63,9 +63,11 @@ def download_competition(competition: str, data: Path) -> None:
         with zipfile.ZipFile(archive) as zf:
             for member in tqdm(zf.infolist(), desc="unzip", unit="file"):
                 zf.extract(member, extracted)
-    except zipfile.BadZipFile:
+    except zipfile.BadZipFile as e:
         archive.unlink()  # a broken download: the next run fetches it again
-        raise CellpipeError(f"{archive} is not a valid zip (deleted; run prepare again)") from None
+        raise CellpipeError(
+            f"{archive} is not a valid zip ({e}; deleted; run prepare again)"
+        ) from e
     if not (extracted / "train.csv").is_file():
         raise CellpipeError(f"the downloaded archive has no train.csv ({archive})")
     if data.exists():
