@@ -9,7 +9,8 @@ embedded synthetic data generated into a temporary folder):
   way (pycocotools decodes every mask at full size, flips / rotations / boxes on the full stack);
 - inference: images/s of box-cropped prediction at native size (validation, issue 5's predict);
 - peak RSS of this process (and of its loader workers);
-- with --device cuda: train-step images/s with AMP (the config's dtype) against float32.
+- with --device cuda, or a config training in bfloat16 (on the CPU too): train-step images/s
+  with AMP (the config's dtype) against float32.
 Usage: `python benchmarks/train.py [--config configs/cpu.yaml] [--device cpu|cuda] [--steps 10]`.
 """
 
@@ -173,11 +174,13 @@ def main() -> None:
         torch.cuda.synchronize()
     print(f"\ninference at native size {len(images) / (time.perf_counter() - began):6.2f} images/s")
 
-    if device.type == "cuda":
+    amp = device.type == "cuda" or train.solver.amp_dtype == "bfloat16"  # as the engine
+    if train.solver.amp and amp:
         dtype = getattr(torch, train.solver.amp_dtype)
         amp_rate = train_steps(model, batches, device, dtype, args.steps)
         print(f"train step, AMP {train.solver.amp_dtype}: {amp_rate:.1f} images/s,", end=" ")
         print(f"float32 {step_rate:.1f}: {amp_rate / step_rate:.2f}x")
+    if device.type == "cuda":
         print(f"peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     workers = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20

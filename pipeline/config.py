@@ -438,7 +438,7 @@ class KernelsConfig(Section):
     image_pinning: Literal["original", "latest"] = "original"  # the Docker image a new kernel
     # version runs on: the one its first version ran on (what the tests here mirror), or the latest
     detectron2_wheel: Path | None = None  # bundled when a kernel uses family detectron2; built
-    # for the Kaggle image's Python and torch (see README); None: the newest .whl/detectron2-*
+    # for the Kaggle image's Python and torch (docs/kaggle.md); None: the newest .whl/detectron2-*
     submit: bool = True  # push: submit the new inference version once it has run on Kaggle
     push_train: bool = False  # push: also push (and so start) the training kernel
     wait_minutes: float = 180  # push: how long to wait for the dataset and the inference run

@@ -2,7 +2,6 @@
 
 import io
 import os
-import re
 import socket
 import subprocess
 import sys
@@ -11,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from doc_commands import bash_block
 from kaggle_stub import KaggleStub, client_env, json_reply, redirect
 
 from pipeline.cli import main
@@ -132,8 +132,7 @@ def test_readme_download_commands_run_as_written(tmp_path, monkeypatch):
     download and the unzip as written (against the stub), then each `make` line planned
     (`make -n`: the GPU config trains for hours on a CPU) on the downloaded folder."""
     root = Path(__file__).resolve().parents[1]
-    blocks = re.findall(r"```bash\n(.*?)```", (root / "README.md").read_text(), re.S)
-    [block] = [b for b in blocks if "kaggle competitions download" in b]
+    block = bash_block("README.md", "kaggle competitions download")
     data = tmp_path / "data" / "sartorius"
     lines = [
         line.split("  #")[0].replace("/data/sartorius", str(data)) for line in block.splitlines()

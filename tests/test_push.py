@@ -4,7 +4,6 @@ import base64
 import io
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -13,6 +12,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from doc_commands import bash_block
 from kaggle_stub import KaggleStub, client_env, json_reply
 
 from pipeline.cli import main
@@ -404,7 +404,7 @@ def test_a_fresh_checkout_builds_and_pushes_a_training_kernel(tmp_path, monkeypa
     """No fold models, no thresholds.json: `kernels.inference=false` bundles cellpipe and the
     training config, and push starts the training kernel without submitting anything."""
     work = tmp_path / "fresh"
-    gpu = str(Path(__file__).parents[1] / "configs" / "kaggle_gpu.yaml")  # README's commands
+    gpu = str(Path(__file__).parents[1] / "configs" / "kaggle_gpu.yaml")  # as docs/kaggle.md
     settings = ["-c", gpu, f"work_dir={work}", "kernels.inference=false"]
     settings += ["kernels.dataset_sources=[tester/torchvision-maskrcnn-coco]"]
     settings += ["kernels.model_sources=[tester/livecell/pyTorch/r50/1]"]
@@ -436,16 +436,9 @@ def test_a_fresh_checkout_builds_and_pushes_a_training_kernel(tmp_path, monkeypa
 OUTPUT = "kernels.KernelsApiService/ListKernelSessionOutput"
 
 
-def readme_block(containing: str) -> str:
-    """The README's bash block holding `containing`, continuation lines joined."""
-    blocks = re.findall(r"```bash\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
-    [block] = [b for b in blocks if containing in b]
-    return block.replace("\\\n", " ")
-
-
 @pytest.mark.parametrize("block", ["fresh checkout", "after a CPU run"])
-def test_readme_training_on_kaggle_runs_as_written(block, tmp_path, monkeypatch):
-    """README's two paths to a model trained on Kaggle, their commands as written (`<you>` =
+def test_documented_training_on_kaggle_runs_as_written(block, tmp_path, monkeypatch):
+    """docs/kaggle.md's two paths to a model trained on Kaggle, their commands as written (`<you>` =
     tester) in a fresh folder, the real kaggle client and CLI against the stub: build and push
     the training kernel (from a fresh checkout, or beside a CPU run's inference kernel), fetch
     its output with `kaggle kernels output`, bundle those models, submit."""
@@ -472,7 +465,7 @@ def test_readme_training_on_kaggle_runs_as_written(block, tmp_path, monkeypatch)
         monkeypatch.setenv("TMPDIR", str(tmp_path))
         monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}:{os.environ['PATH']}")
         marker = "kernels.inference=false" if block == "fresh checkout" else "train_config="
-        commands = readme_block(marker).replace("<you>", "tester")
+        commands = bash_block("docs/kaggle.md", marker).replace("<you>", "tester")
         run = subprocess.run(
             ["bash", "-euo", "pipefail", "-c", commands],
             cwd=tmp_path,

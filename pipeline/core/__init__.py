@@ -1,1 +1,1 @@
-"""The core library: pure functions on numpy arrays and paths, no CLI concerns."""
+"""The core library: functions on numpy arrays and files, no torch and no CLI concerns."""

@@ -80,6 +80,6 @@ def detectron2_wheel(cfg: Config) -> Path:
     if not built:
         raise CellpipeError(
             "a kernel uses family detectron2 but there is no detectron2 wheel: build one for the "
-            "Kaggle image (README: detectron2 on Kaggle) and set kernels.detectron2_wheel"
+            "Kaggle image (docs/kaggle.md: detectron2 on Kaggle) and set kernels.detectron2_wheel"
         )
     return built[-1]
