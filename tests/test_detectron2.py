@@ -5,21 +5,21 @@ to give the same detections on the same image."""
 
 from __future__ import annotations
 
-from pathlib import Path
+import json
 
 import numpy as np
 import pytest
 import torch
-from test_stages_inference import TINY_DATA
+from chain import REPO, SHORT_TRAINING, TINY_DATA, make_config, run_chain
 
-from pipeline.cli import main
 from pipeline.config import Detectron2Config, MaskRCNNConfig, ModelConfig
 from pipeline.core.errors import CellpipeError
+from pipeline.core.predictions import load_predictions
+from pipeline.core.submission import read_submission
 from pipeline.models import build_model
 from pipeline.models.detectron2 import detectron2_available
 from pipeline.models.foreign_weights import detectron2_settings, detectron2_to_torchvision
 
-REPO = Path(__file__).parents[1]
 needs_detectron2 = pytest.mark.skipif(
     not detectron2_available(), reason="detectron2 is not installed (`make detectron2`)"
 )
@@ -98,21 +98,16 @@ def test_model_zoo_pickles_load_into_the_family_with_new_class_heads(tmp_path):
     assert np.array_equal(model.state_dict()[kept].numpy(), coco[kept])
 
 
-TINY = [
+CHAIN = [  # random weights, no pretraining: the family through fine-tuning and the later stages
     *TINY_DATA,
+    *SHORT_TRAINING,
+    "convert.livecell=false",
+    "finetune.init=random",
     "model.family=detectron2",
     "model.detectron2.norm=gn",
-    "finetune.init=random",
-    "finetune.solver.max_iter=2",
-    "finetune.solver.eval_period=2",
-    "finetune.solver.checkpoint_period=2",
-    "finetune.solver.num_workers=0",
-    "finetune.augment.crop=null",
-    "predict.tta=[none,hflip]",
+    "model.detectron2.detections_per_image=50",
     "predict.models=[detectron2]",
-    "model.detectron2.grid.score=[0.05,0.9]",
-    "model.detectron2.grid.mask=[0.5]",
-    "model.detectron2.grid.min_area=[0,10]",
+    "predict.tta=[none,hflip]",
     "tune.rounds=1",
 ]
 
@@ -120,29 +115,17 @@ TINY = [
 @needs_detectron2
 @pytest.mark.slow
 def test_the_family_trains_predicts_tunes_and_submits_on_the_embedded_data(tmp_path):
-    torch.set_num_threads(1)
-    for command in ("prepare", "convert", "folds", "finetune", "predict", "tune", "postprocess"):
-        args = [command, "--config", str(REPO / "configs" / "cpu.yaml"), f"work_dir={tmp_path}"]
-        assert main([*args, *TINY]) == 0, command
-    assert (
-        main(
-            [
-                "submit",
-                "--config",
-                str(REPO / "configs" / "cpu.yaml"),
-                f"work_dir={tmp_path}",
-                *TINY,
-            ]
-        )
-        == 0
-    )
+    chain = run_chain(tmp_path, make_config(), CHAIN)
     checkpoint = torch.load(
         tmp_path / "finetune" / "detectron2" / "fold0" / "model_final.pth", weights_only=True
     )
     assert checkpoint["family"] == "detectron2"
     assert "roi_heads.mask_head.predictor.weight" in checkpoint["model"]  # detectron2's names
-    submission = (tmp_path / "submission.csv").read_text().splitlines()
-    assert submission[0] == "id,predicted" and len(submission) > 1
+    predictions = load_predictions(tmp_path / "predictions" / "detectron2" / "test.npz")
+    assert sum(len(pred) for pred in predictions.values()) > 0
+    assert set(read_submission(tmp_path / "submission.csv")["id"]) == set(predictions)
+    report = json.loads(chain.report("test", "detectron2").read_text())
+    assert 0.0 <= report["map_iou"]["score"] <= 1.0
 
 
 @needs_detectron2
