@@ -75,11 +75,22 @@ def test_ideal_maps_give_back_every_cell_with_its_class():
 
 
 def test_flows_that_disagree_with_the_mask_have_large_errors():
-    labels = discs((40, 40), [(20, 20)], 12)
-    maps = ideal_maps(labels, [1])
-    maps[1:3] = -maps[1:3]  # flows pointing away from the centre: no convergence in the cell
-    pred = maps_to_predictions(maps, FlowUNetConfig(min_size=1))
-    assert len(pred) == 0 or (pred.errors > 1.0).all()
+    """Flows turned by 50 degrees still lead each cell's pixels to its centre, so the masks are
+    the cells, but disagree with those masks' own flows: 2 - 2 cos 50 = 0.71 a pixel, which
+    `max_error` can then filter."""
+    labels = discs((52, 60), CENTRES, 10)
+    maps = ideal_maps(labels, [1, 1, 2, 2])
+    turn = np.radians(50)
+    dy, dx = maps[1:3]
+    maps[1:3] = np.cos(turn) * dy - np.sin(turn) * dx, np.sin(turn) * dy + np.cos(turn) * dx
+    pred = maps_to_predictions(maps, FlowUNetConfig())
+    assert len(pred) == len(CENTRES)
+    np.testing.assert_allclose(pred.errors, 2 - 2 * np.cos(turn), atol=0.02)
+    kept = ClassThresholds(0.0, 0.5, 0, 0.0, max_error=0.8)
+    painted, _ = postprocess_image(pred, Thresholds(default=kept))
+    assert map_iou(labels, painted) == 1.0
+    strict = Thresholds(default=ClassThresholds(0.0, 0.5, 0, 0.0, max_error=0.6))
+    assert not postprocess_image(pred, strict)[0].any()
 
 
 def test_a_tiny_unet_learns_an_image_and_predicts_in_its_pixels():
@@ -107,7 +118,10 @@ def test_a_tiny_unet_learns_an_image_and_predicts_in_its_pixels():
     assert map_iou(labels, painted) > 0.5
     model.scale = 0.5
     (half,) = model.predict([image])
-    assert half.shape == (48, 56) and all((b[2:] <= (56, 48)).all() for b in half.boxes)
+    assert half.shape == (48, 56) and (half.boxes[:, 2:] <= (56, 48)).all()
+    _, true_boxes, _ = instance_boxes_and_crops(labels)  # each cell found at half scale, in
+    for box in true_boxes:  # the image's pixels (to a pixel or two)
+        assert (np.abs(half.boxes - box).max(axis=1) <= 2).any(), box
 
 
 def test_fold_models_combine_into_one_that_averages_their_maps():
