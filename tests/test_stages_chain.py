@@ -25,6 +25,7 @@ from pipeline.core.predictions import load_predictions
 from pipeline.core.submission import read_submission
 from pipeline.models.checkpoints import load_model
 
+pytestmark = pytest.mark.slow
 CONFIG = make_config()
 SMALL = [*TINY_DATA, *SHORT_TRAINING, "tune.rounds=1"]
 # each chain: its overrides on top of SMALL
@@ -222,7 +223,8 @@ def test_submission_is_the_chosen_test_instances_and_valid(chain, capsys):
     )
     capsys.readouterr()
     assert chain.run("validate", str(layout.submission)) == 0
-    assert "valid" in capsys.readouterr().out
+    n = (submission["predicted"] != "").sum()
+    assert f"{layout.submission}: valid, {n} instances in 2 images" in capsys.readouterr().out
 
 
 def test_a_rerun_redoes_nothing(chain, chain_name, capsys):
