@@ -243,11 +243,17 @@ def test_photometric_and_scale_jitter_stay_in_range(tmp_path):
     data = CocoInstances(
         records, maskrcnn_targets, augment=AugmentConfig(brightness=0.3, contrast=0.5)
     )
+    plain = CocoInstances(records, maskrcnn_targets)
+    sizes, shifts = set(), []
     for k in range(6):
         image, target = data[(k % 2, (3, k))]
         assert image.min() >= 0 and image.max() <= 1
         assert min(image.shape[1:]) >= 0.8 * 96 - 1 and max(image.shape[1:]) <= 1.25 * 128 + 1
         assert (target["boxes"][:, 2:] > target["boxes"][:, :2]).all()
+        sizes.add(tuple(image.shape[1:]))
+        shifts.append(abs(image.mean() - plain[(k % 2, (0, 0))][0].mean()))
+    assert len(sizes) > 1  # the scale was jittered
+    assert max(shifts) > 0.05  # and the grey levels
 
 
 def test_one_pixel_mask_and_crop_without_instances(tmp_path):

@@ -47,7 +47,8 @@ def test_histogram_has_a_row_per_class():
     small = score_histogram({"a": [0.1, 0.15]})
     tall = score_histogram({"a": [0.1, 0.15], "b": [0.9]})
     assert small.ndim == 3 and tall.shape[0] > small.shape[0]
-    assert (small != 255).any()  # bars drawn
+    high = score_histogram({"a": [0.9, 0.95]})
+    assert high.shape == small.shape and (high != small).any()  # the bars follow the scores
 
 
 def test_score_overlays_show_the_worst_images(tmp_path, capsys):

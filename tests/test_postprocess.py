@@ -30,6 +30,7 @@ def random_predictions(rng, shape=(30, 40), n=40):
         rng.random(n).astype(np.float32),
         rng.integers(1, 4, n).astype(np.int32),
         masks,
+        rng.random(n).astype(np.float32),  # errors
     )
 
 
@@ -46,7 +47,7 @@ def reference(pred, thresholds):
     kept = []
     for i in np.argsort(-pred.scores, kind="stable"):
         t = per[i]
-        if pred.scores[i] < t.score:
+        if pred.scores[i] < t.score or (t.max_error is not None and pred.errors[i] > t.max_error):
             continue
         full = np.zeros(pred.shape, bool)
         x0, y0, x1, y1 = pred.boxes[i]
@@ -66,6 +67,7 @@ THRESHOLDS = st.builds(
     mask=st.sampled_from([0.3, 0.5, 0.8]),
     min_area=st.integers(0, 30),
     min_keep=st.sampled_from([0.0, 0.5]),
+    max_error=st.sampled_from([None, 0.5]),
 )
 
 

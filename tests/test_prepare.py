@@ -118,8 +118,10 @@ def test_synthetic_is_written_once_and_never_over_real_data(tmp_path, capsys):
     capsys.readouterr()
     assert main(args) == 0
     assert "prepare: up to date" in capsys.readouterr().out
+    before = (data / "train.csv").read_bytes()
     assert main([*args, "prepare.synthetic.seed=1"]) == 0  # a config change regenerates it
-    capsys.readouterr()
+    assert "up to date" not in capsys.readouterr().out
+    assert (data / "train.csv").read_bytes() != before
     (tmp_path / "real").mkdir()
     (tmp_path / "real" / "mine.txt").write_text("precious")
     assert main([*args, f"data_dir={tmp_path / 'real'}"]) == 2

@@ -169,16 +169,18 @@ def test_leaderboard_refresh_offline_is_one_line(work, capsys, monkeypatch, tmp_
     monkeypatch.setenv("KAGGLE_KEY", "0" * 32)
     for proxy in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"):
         monkeypatch.setenv(proxy, "http://127.0.0.1:9")  # nothing listens: fails at once
-    run(work, "score", "--submission", write_submission(work, "s.csv", work.pred))
+    assert run(work, "score", "--submission", write_submission(work, "s.csv", work.pred)) == 0
     capsys.readouterr()
     assert run(work, "leaderboard", "--refresh") == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("leaderboard: not refreshed: cannot list Kaggle submissions")
-    assert "key" in out[1]
+    [entry] = read_ledger(work.root / "ledger.jsonl")  # the table goes on, without Kaggle scores
+    assert out[1].split()[0] == "key" and out[2].split()[:2] == ["1", entry["key"]]
+    assert entry["public_score"] is None
 
 
 def test_leaderboard_refresh_through_the_real_client(work, capsys, monkeypatch, tmp_path):
-    run(work, "score", "--submission", write_submission(work, "s.csv", work.pred))
+    assert run(work, "score", "--submission", write_submission(work, "s.csv", work.pred)) == 0
     [entry] = read_ledger(work.root / "ledger.jsonl")
     listed = {"submissions": [
         {"ref": 9, "description": f"v7 [{entry['key']}]", "publicScore": "0.312",

@@ -70,6 +70,7 @@ def test_layout(root):
 
 def test_every_mask_is_valid_and_inside(root):
     train = read_kaggle_csv(root / "train.csv")
+    assert train["id"].nunique() == 6
     for image_id, rows in train.groupby("id"):
         shape = (int(rows["height"].iloc[0]), int(rows["width"].iloc[0]))
         assert image_shape(root / "train" / f"{image_id}.png") == shape == (260, 352)
@@ -97,7 +98,9 @@ def test_some_ground_truth_masks_overlap(root):
 
 
 def test_images_look_like_phase_contrast(root):
-    for path in list((root / "train").glob("*.png"))[:3]:
+    paths = sorted((root / "train").glob("*.png"))[:3]
+    assert len(paths) == 3
+    for path in paths:
         image = read_image(path)
         assert image.dtype == np.uint8 and image.ndim == 2
         assert 60 < image.mean() < 200 and image.std() > 3  # mid-grey, textured
@@ -106,6 +109,7 @@ def test_images_look_like_phase_contrast(root):
 def test_livecell_polygons_rasterise(root):
     api = COCO(str(root / "LIVECell_dataset_2021/annotations/LIVECell/livecell_coco_train.json"))
     assert [c["name"] for c in api.loadCats(api.getCatIds())] == ["cell"]
+    assert len(api.imgs) == 2 and api.anns
     for ann in list(api.anns.values())[:50]:
         mask = api.annToMask(ann)
         assert mask.sum() > 0 and abs(int(mask.sum()) - ann["area"]) <= 0.5 * ann["area"] + 10

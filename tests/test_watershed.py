@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.config import WatershedConfig, load_config
+from pipeline.config import load_config
 from pipeline.core.metrics import map_iou
 from pipeline.core.postprocess import Thresholds, postprocess_image
-from pipeline.models import build_model, family_class
+from pipeline.models import build_model
 
 
 def discs(shape, centres, radius):
@@ -67,5 +67,12 @@ def test_blank_image_has_no_cells():
 
 
 def test_watershed_needs_no_training():
-    assert family_class("watershed").trainable is False
-    assert WatershedConfig.trainable is False
+    """Beside a trained family it gets no fold models, no training run and no test checkpoint."""
+    from pipeline.stages.predict import inference_checkpoints
+    from pipeline.training.runs import trained_families
+
+    cfg = load_config(overrides=["predict.models=[flow_unet,watershed]", "folds.n_folds=2"])
+    assert trained_families(cfg) == ["flow_unet"]
+    assert [p.parts[-3] for p in cfg.fold_models()] == ["flow_unet", "flow_unet"]
+    assert list(inference_checkpoints(cfg)) == ["flow_unet"]
+    assert not list(build_model(cfg.model, ["cell"], "watershed").parameters())
