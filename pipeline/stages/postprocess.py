@@ -50,11 +50,7 @@ def postprocess(cfg: Config) -> None:
             path = layout.postprocessed(split, family)
             thresholds = tuned.family_thresholds[family]
             write_instances(preds[family], thresholds, path, f"postprocess {family} {split}")
-        used = [f for f, w in tuned.weights.items() if w > 0]
-        if len(used) == 1:
-            chosen = preds[used[0]]
-        else:
-            chosen = merge_families(preds, tuned.weights, params.merge_iou, params.min_votes)
+        chosen = merge_families(preds, tuned.weights, params.merge_iou, params.min_votes)
         path = layout.postprocessed(split)
         write_instances(chosen, tuned.thresholds, path, f"postprocess {split}")
 

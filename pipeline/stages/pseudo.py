@@ -49,11 +49,7 @@ def pseudo_label(cfg: Config) -> None:
             preds[family] = predict_images(
                 models, coco["images"], cfg, category_ids, device, f"pseudo {family}"
             )
-    chosen = (
-        preds[used[0]]
-        if len(used) == 1
-        else merge_families(preds, tuned.weights, params.merge_iou, params.min_votes)
-    )
+    chosen = merge_families(preds, tuned.weights, params.merge_iou, params.min_votes)
     annotations: list[dict] = []
     kept_images = []
     for image in tqdm(coco["images"], desc="pseudo labels", unit="img"):
