@@ -14,6 +14,7 @@ import os
 import sys
 import traceback
 
+from pipeline.config import load_config
 from pipeline.core.errors import CellpipeError
 
 # command -> help; each command is the module pipeline.stages.<command>, with `main(cfg, args)`
@@ -99,8 +100,6 @@ def report_unexpected(command: str, error: Exception, debug: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipeline.config import load_config
-
     argv = sys.argv[1:] if argv is None else list(argv)
     parser, commands = build_parser()
     debug = argv[:1] == ["--debug"]  # `cellpipe --debug COMMAND ...`

@@ -6,6 +6,8 @@ import argparse
 from pathlib import Path
 
 from pipeline.config import Config
+from pipeline.core import coco
+from pipeline.core.fileio import atomic_path, read_json, write_json
 from pipeline.runner import run_stage
 
 
@@ -20,9 +22,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def convert(cfg: Config) -> None:
     """Write the COCO files declared in `cfg.layout`."""
-    from pipeline.core import coco
-    from pipeline.core.fileio import write_json
-
     layout, params = cfg.layout, cfg.convert
     if params.source_format == "kaggle_csv":
         train = coco.csv_to_coco(coco.read_kaggle_csv(layout.train_csv), order=params.rle_order)
@@ -82,9 +81,6 @@ def outputs(cfg: Config) -> list[Path]:
 
 def main(cfg: Config, args: argparse.Namespace) -> None:
     if args.to_csv:
-        from pipeline.core import coco
-        from pipeline.core.fileio import atomic_path, read_json
-
         source, target = args.to_csv
         df = coco.coco_to_csv(read_json(source), order=cfg.convert.rle_order)
         with atomic_path(target) as tmp:

@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+import pandas as pd
 
 from pipeline.config import Config
+from pipeline.core.fileio import read_json
+from pipeline.core.splits import assign_folds, fold_table, write_folds
 from pipeline.runner import run_stage
 
 
 def make_folds(cfg: Config) -> None:
     """Split the training images into folds and write `folds.csv`."""
-    from pathlib import Path
-
-    import pandas as pd
-
-    from pipeline.core.fileio import read_json
-    from pipeline.core.splits import assign_folds, fold_table, write_folds
-
     params, layout = cfg.folds, cfg.layout
     coco = read_json(layout.coco_train)
     images = pd.DataFrame(coco["images"]).rename(columns={"id": "id_coco"})

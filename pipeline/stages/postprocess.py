@@ -10,18 +10,20 @@ from __future__ import annotations
 
 import argparse
 
+from tqdm import tqdm
+
 from pipeline.config import Config
+from pipeline.core import rle
+from pipeline.core.ensemble import merge_families
 from pipeline.core.errors import CellpipeError
+from pipeline.core.postprocess import load_tuned, postprocess_image
+from pipeline.core.predictions import load_predictions
+from pipeline.core.submission import write_submission
+from pipeline.runner import run_stage
 
 
 def write_instances(preds: dict, thresholds, path, desc: str) -> None:
     """Postprocess every image's predictions and write them as a submission-format CSV."""
-    from tqdm import tqdm
-
-    from pipeline.core import rle
-    from pipeline.core.postprocess import postprocess_image
-    from pipeline.core.submission import write_submission
-
     instances = {}
     for image_id, pred in tqdm(preds.items(), desc=desc, unit="img"):
         labels, _ = postprocess_image(pred, thresholds)
@@ -33,10 +35,6 @@ def write_instances(preds: dict, thresholds, path, desc: str) -> None:
 
 def postprocess(cfg: Config) -> None:
     """Write the chosen and every family's final instances for every predicted split."""
-    from pipeline.core.ensemble import merge_families
-    from pipeline.core.postprocess import load_tuned
-    from pipeline.core.predictions import load_predictions
-
     layout, params = cfg.layout, cfg.predict
     tuned = load_tuned(layout.thresholds)
     if set(tuned.family_thresholds) != set(cfg.families):
@@ -56,8 +54,6 @@ def postprocess(cfg: Config) -> None:
 
 
 def main(cfg: Config, args: argparse.Namespace) -> None:
-    from pipeline.runner import run_stage
-
     layout = cfg.layout
     splits = cfg.predict.splits
     run_stage(

@@ -14,6 +14,10 @@ from pathlib import Path
 
 from pipeline.config import Config
 from pipeline.core.errors import CellpipeError
+from pipeline.core.fileio import read_json, write_json
+from pipeline.core.predictions import save_predictions
+from pipeline.core.splits import coco_ids_by_fold
+from pipeline.runner import run_stage
 
 
 def inference_checkpoints(cfg: Config) -> dict[str, list[Path]]:
@@ -61,9 +65,6 @@ def predict_family(cfg: Config, family: str, checkpoints: list[Path]) -> None:
     """Write the predictions of one family for every split in `predict.splits`."""
     import torch
 
-    from pipeline.core.fileio import read_json
-    from pipeline.core.predictions import save_predictions
-    from pipeline.core.splits import coco_ids_by_fold
     from pipeline.models import family_class
     from pipeline.models.checkpoints import load_model
     from pipeline.models.inference import device_for, inference_models, predict_images
@@ -105,9 +106,6 @@ def predict_family(cfg: Config, family: str, checkpoints: list[Path]) -> None:
 
 
 def main(cfg: Config, args: argparse.Namespace) -> None:
-    from pipeline.core.fileio import write_json
-    from pipeline.runner import run_stage
-
     layout = cfg.layout
     checkpoints = inference_checkpoints(cfg) if "test" in cfg.predict.splits else {}
     for family in cfg.families:

@@ -9,22 +9,24 @@ and renames it into place.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
+import zipfile
 from pathlib import Path
+
+from tqdm import tqdm
 
 from pipeline.config import Config
 from pipeline.core.errors import CellpipeError
+from pipeline.core.fileio import atomic_dir
+from pipeline.core.synthetic import MARKER_FILE, write_dataset
+from pipeline.kaggle.client import kaggle_api, kaggle_call
 from pipeline.runner import run_stage
 
 
 def write_synthetic(cfg: Config) -> None:
     """Generate the synthetic competition folder at `cfg.data`, atomically."""
-    import json
-
-    from pipeline.core.fileio import atomic_dir
-    from pipeline.core.synthetic import MARKER_FILE, write_dataset
-
     data = cfg.data
     if data.exists() and any(data.iterdir()) and not (data / MARKER_FILE).exists():
         raise CellpipeError(
@@ -40,12 +42,6 @@ def write_synthetic(cfg: Config) -> None:
 
 def download_competition(competition: str, data: Path) -> None:
     """Download and unzip a competition's files into `data`, through a resumable partial folder."""
-    import zipfile
-
-    from tqdm import tqdm
-
-    from pipeline.kaggle.client import kaggle_api, kaggle_call
-
     if data.exists() and any(data.iterdir()):
         raise CellpipeError(f"{data} is not empty but has no train.csv: not downloading into it")
     partial = data.parent / f".{data.name}.download"  # kept on failure: the client resumes

@@ -16,19 +16,21 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from tqdm import tqdm
+
 from pipeline.config import Config
+from pipeline.core.coco import labels_to_annotations, unlabelled_coco
+from pipeline.core.ensemble import merge_families
+from pipeline.core.errors import CellpipeError
+from pipeline.core.fileio import read_json, write_json
+from pipeline.core.postprocess import load_tuned, postprocess_image
+from pipeline.runner import run_stage
 
 
 def pseudo_label(cfg: Config) -> None:
     """Write `layout.coco_pseudo`: the kept instances of every unlabelled image."""
     import torch
-    from tqdm import tqdm
 
-    from pipeline.core.coco import labels_to_annotations, unlabelled_coco
-    from pipeline.core.ensemble import merge_families
-    from pipeline.core.errors import CellpipeError
-    from pipeline.core.fileio import read_json, write_json
-    from pipeline.core.postprocess import load_tuned, postprocess_image
     from pipeline.models.inference import device_for, inference_models, predict_images
 
     layout, params = cfg.layout, cfg.predict
@@ -68,8 +70,6 @@ def pseudo_label(cfg: Config) -> None:
 
 
 def main(cfg: Config, args: argparse.Namespace) -> None:
-    from pipeline.runner import run_stage
-
     layout = cfg.layout
     inputs = [layout.coco_train, layout.thresholds, *cfg.image_folders("semi")]
     inputs += cfg.fold_models()

@@ -17,8 +17,13 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from tqdm import tqdm
+
 from pipeline.config import Config, ScoreConfig
 from pipeline.core.errors import CellpipeError
+from pipeline.core.fileio import file_digest, read_json, write_json
+from pipeline.core.ledger import make_entry, record
+from pipeline.core.provenance import config_hash
 from pipeline.runner import run_stage
 
 
@@ -49,10 +54,8 @@ def score_report(
     submission: Path, truth: Path, params: ScoreConfig, folds_csv: Path, order: str
 ) -> dict[str, Any]:
     """Score a submission file; everything `cellpipe score` prints and saves."""
-    from tqdm import tqdm
-
+    # pandas, numba and scipy load only to score: `cellpipe score --help` stays fast
     from pipeline.core.coco import read_kaggle_csv
-    from pipeline.core.fileio import file_digest
     from pipeline.core.glas import glas_rows, glas_summary
     from pipeline.core.metrics import MatchTable, match_image_rows, submission_images
     from pipeline.core.splits import images_in_folds
@@ -154,10 +157,6 @@ def default_output(cfg: Config, submission: Path, folds: list[int]) -> Path:
 
 
 def main(cfg: Config, args: argparse.Namespace) -> None:
-    from pipeline.core.fileio import read_json, write_json
-    from pipeline.core.ledger import make_entry, record
-    from pipeline.core.provenance import config_hash
-
     params = cfg.score
     if args.folds is not None:
         params = params.model_copy(update={"folds": parse_folds(args.folds)})
@@ -184,7 +183,7 @@ def main(cfg: Config, args: argparse.Namespace) -> None:
     print(format_report(report))
     print(f"wrote {output}")
     if args.overlays:
-        from pipeline.core.overlays import overlays_dir, report_overlays
+        from pipeline.core.overlays import overlays_dir, report_overlays  # PIL, skimage, pandas
 
         folders = [*cfg.image_folders("train"), *cfg.image_folders("test")]
         out = overlays_dir(output)

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import argparse
 
+import pandas as pd
+
 from pipeline.config import Config
+from pipeline.core.errors import CellpipeError
+from pipeline.core.submission import check_submission, image_shapes, write_submission
+from pipeline.runner import run_stage
 
 
 def submit(cfg: Config) -> None:
     """Validate the postprocessed test CSV and write it as the submission (and its copy)."""
-    import pandas as pd
-
-    from pipeline.core.errors import CellpipeError
-    from pipeline.core.submission import check_submission, image_shapes, write_submission
-
     layout = cfg.layout
     shapes = image_shapes(layout.test_images)
     instances = check_submission(layout.postprocessed("test"), shapes)
@@ -36,8 +36,6 @@ def submit(cfg: Config) -> None:
 
 
 def main(cfg: Config, args: argparse.Namespace) -> None:
-    from pipeline.runner import run_stage
-
     layout = cfg.layout
     run_stage(
         "submit",

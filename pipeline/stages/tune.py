@@ -21,22 +21,22 @@ from __future__ import annotations
 import argparse
 
 from pipeline.config import Config
+from pipeline.core.coco import read_kaggle_csv
+from pipeline.core.ensemble_search import (
+    SearchSpace,
+    ThresholdSearch,
+    heldout_scores,
+    search_candidates,
+    tuning_report,
+)
+from pipeline.core.fileio import read_json, write_json
+from pipeline.core.metrics import TruthScorer
+from pipeline.core.predictions import load_predictions
+from pipeline.runner import run_stage
 
 
 def tune(cfg: Config) -> None:
     """Tune every family, search the ensemble weights, write the choice and every score."""
-    from pipeline.core.coco import read_kaggle_csv
-    from pipeline.core.ensemble_search import (
-        SearchSpace,
-        ThresholdSearch,
-        heldout_scores,
-        search_candidates,
-        tuning_report,
-    )
-    from pipeline.core.fileio import read_json, write_json
-    from pipeline.core.metrics import TruthScorer
-    from pipeline.core.predictions import load_predictions
-
     layout, params, families, merge = cfg.layout, cfg.tune, cfg.families, cfg.predict
     oof = {f: load_predictions(layout.predictions(f, "oof")) for f in families}
     common = set.intersection(*(set(p) for p in oof.values()))  # images every family predicted
@@ -86,8 +86,6 @@ def tune(cfg: Config) -> None:
 
 
 def main(cfg: Config, args: argparse.Namespace) -> None:
-    from pipeline.runner import run_stage
-
     layout, splits = cfg.layout, cfg.predict.splits
     test_truth = [layout.test_truth] if layout.test_truth.is_file() and "test" in splits else []
     run_stage(
