@@ -19,7 +19,8 @@ ALLOWED = {
     "training": {"config", "core", "models"},
     "kaggle": {"config", "core", "training"},
     "stages": {"config", "core", "runner", "models", "training", "kaggle"},
-    "cli": {"config", "core"},  # stages are imported by name, at run time
+    "commands": {"config", "core", "runner", "models", "training", "kaggle"},
+    "cli": {"config", "core"},  # commands' modules are imported from its table, at run time
     "__main__": {"cli"},
     "__init__": set(),
 }
@@ -62,17 +63,23 @@ def test_imports_follow_the_layers(path):
     for line, module in pipeline_imports(path):
         target = module.split(".")[1] if "." in module else "__init__"
         if target == part:
-            if part == "stages":  # stages never import each other; the package docstring aside
-                assert module == "pipeline.stages", f"{path}:{line} imports the stage {module}"
+            if part in ("stages", "commands"):  # one module per command: none imports another
+                assert module == f"pipeline.{part}", f"{path}:{line} imports {module}"
             continue
         assert target in ALLOWED[part], f"{path}:{line}: {part} may not import {module}"
 
 
-def test_every_stage_is_a_command():
+def test_every_module_of_stages_and_commands_is_one_command():
     from pipeline.cli import COMMANDS
 
-    stages = {p.stem for p in (PACKAGE / "stages").glob("*.py") if p.stem != "__init__"}
-    assert stages == {command.replace("-", "_") for command in COMMANDS}
+    modules = [module for module, _ in COMMANDS.values()]
+    assert len(set(modules)) == len(modules)
+    assert set(modules) == {
+        f"pipeline.{package}.{p.stem}"
+        for package in ("stages", "commands")
+        for p in (PACKAGE / package).glob("*.py")
+        if p.stem != "__init__"
+    }
 
 
 def test_the_rules_catch_a_sideways_import(tmp_path):
