@@ -15,9 +15,10 @@ from pipeline.core.ensemble_search import (
     tuning_report,
     weight_mixes,
 )
-from pipeline.core.metrics import TruthScorer, map_iou
+from pipeline.core.metrics import map_iou
 from pipeline.core.postprocess import ClassThresholds, postprocess_image
 from pipeline.core.predictions import ImagePredictions
+from pipeline.core.truth_scorer import TruthScorer
 
 CATEGORIES = {1: "astro", 2: "cort"}
 

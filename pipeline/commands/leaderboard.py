@@ -30,7 +30,7 @@ from pipeline.core.ledger import (
     read_ledger,
     write_ledger,
 )
-from pipeline.core.metrics import THRESHOLDS
+from pipeline.core.metrics import IOU_THRESHOLDS
 from pipeline.kaggle.client import kaggle_api, kaggle_call
 
 
@@ -67,8 +67,8 @@ def write_plots(entries: Sequence[Entry], folder: Path, top: int) -> list[Path]:
     fig = Figure(figsize=(7, 4.5))
     ax = fig.subplots()
     for entry, label in zip(chosen, labels):
-        if len(entry.get("per_threshold", [])) == len(THRESHOLDS):
-            ax.plot(THRESHOLDS, entry["per_threshold"], marker="o", label=label)
+        if len(entry.get("per_threshold", [])) == len(IOU_THRESHOLDS):
+            ax.plot(IOU_THRESHOLDS, entry["per_threshold"], marker="o", label=label)
     ax.set(xlabel="IoU threshold", ylabel="TP / (TP + FP + FN)", title="Score per threshold")
     ax.grid(alpha=0.3)
     if chosen:

@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 
 from pipeline.core.ensemble import merge_families
-from pipeline.core.metrics import TruthScorer
 from pipeline.core.postprocess import ClassMode, ClassThresholds, OverlapOrder, Thresholds
 from pipeline.core.predictions import ImagePredictions
+from pipeline.core.truth_scorer import TruthScorer
 from pipeline.core.tuning import TuneResult, class_groups, score_images, tune_thresholds
 
 Predictions = Mapping[str, ImagePredictions]  # image id -> one image's predictions

@@ -57,9 +57,10 @@ def score_report(
     # pandas, numba and scipy load only to score: `cellpipe score --help` stays fast
     from pipeline.core.coco import read_kaggle_csv
     from pipeline.core.glas import glas_rows, glas_summary
-    from pipeline.core.metrics import MatchTable, match_image_rows, submission_images
+    from pipeline.core.metrics import MatchTable
     from pipeline.core.splits import images_in_folds
     from pipeline.core.submission import read_submission
+    from pipeline.core.submission_matching import match_image_rows, submission_images
 
     frame = read_submission(submission)
     truth_frame = read_kaggle_csv(truth)

@@ -30,8 +30,8 @@ from pipeline.core.ensemble_search import (
     tuning_report,
 )
 from pipeline.core.fileio import read_json, write_json
-from pipeline.core.metrics import TruthScorer
 from pipeline.core.predictions import load_predictions
+from pipeline.core.truth_scorer import TruthScorer
 from pipeline.runner import run_stage
 
 
