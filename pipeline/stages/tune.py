@@ -35,77 +35,69 @@ from pipeline.core.truth_scorer import TruthScorer
 from pipeline.runner import run_stage
 
 
-def tune(cfg: Config) -> None:
-    """Tune every family, search the ensemble weights, write the choice and every score."""
-    layout, params, families, merge = cfg.layout, cfg.tune, cfg.families, cfg.predict
-    oof = {f: load_predictions(layout.predictions(f, "oof")) for f in families}
-    common = set.intersection(*(set(p) for p in oof.values()))  # images every family predicted
-    oof = {f: {i: p for i, p in preds.items() if i in common} for f, preds in oof.items()}
-    scorer = TruthScorer.from_frame(read_kaggle_csv(layout.train_csv), common)
-    categories = {c["id"]: c["name"] for c in read_json(layout.coco_train)["categories"]}
-    search = ThresholdSearch(
-        scorer,
-        list(categories),
-        params.class_mode,
-        params.order,
-        params.min_class_images,
-        params.rounds,
-    )
-    spaces = {
-        f: SearchSpace(cfg.model.block(f).thresholds.to_core(), cfg.model.block(f).grid.values())
-        for f in families
-    }
-    ensemble = SearchSpace(params.ensemble.thresholds.to_core(), params.ensemble.grid.values())
-    candidates = search_candidates(
-        oof,
-        search,
-        spaces,
-        ensemble,
-        params.ensemble.weights,
-        merge.merge_iou,
-        merge.min_votes,
-        on_mix=lambda weights, score: print(
-            f"tune: weights {weights}: {score:.4f} after a score-threshold search"
-        ),
-    )
-    heldout = {}
-    if layout.test_truth.is_file() and layout.predictions(families[0], "test").is_file():
-        test = {f: load_predictions(layout.predictions(f, "test")) for f in families}
-        truth = read_kaggle_csv(layout.test_truth)
-        held = TruthScorer.from_frame(truth, set(truth["id"].astype(str)))
-        heldout = heldout_scores(candidates, test, held, merge.merge_iou, merge.min_votes)
-    report = tuning_report(families, candidates, scorer, categories, heldout)
-    write_json(layout.thresholds, report)
-    for name, entry in report["candidates"].items():
-        cv, line = entry["cv"], f"tune: {name:<10}"
-        line += f" out-of-fold {cv['default']:.4f} default, {cv['tuned']:.4f} tuned"
-        if "heldout" in entry:
-            line += f"; held-out {entry['heldout']['tuned']:.4f} tuned"
-        print(line + (" <- chosen" if name == report["chosen"] else ""))
-    print(f"tune: {report['chosen']} ({len(common)} out-of-fold images) -> {layout.thresholds}")
-
-
 def main(cfg: Config, args: argparse.Namespace) -> None:
-    layout, splits = cfg.layout, cfg.predict.splits
-    test_truth = [layout.test_truth] if layout.test_truth.is_file() and "test" in splits else []
+    layout, params, predict, families = cfg.layout, cfg.tune, cfg.predict, cfg.families
+    blocks = {f: cfg.model.block(f) for f in families}
+    held_out = layout.test_truth.is_file() and "test" in predict.splits
+
+    def tune() -> None:
+        """Tune every family, search the ensemble weights, write the choice and every score."""
+        oof = {f: load_predictions(layout.predictions(f, "oof")) for f in families}
+        common = set.intersection(*(set(p) for p in oof.values()))  # images every family predicted
+        oof = {f: {i: p for i, p in preds.items() if i in common} for f, preds in oof.items()}
+        scorer = TruthScorer.from_frame(read_kaggle_csv(layout.train_csv), common)
+        categories = {c["id"]: c["name"] for c in read_json(layout.coco_train)["categories"]}
+        search = ThresholdSearch(
+            scorer,
+            list(categories),
+            params.class_mode,
+            params.order,
+            params.min_class_images,
+            params.rounds,
+        )
+        candidates = search_candidates(
+            oof,
+            search,
+            {f: SearchSpace(b.thresholds.to_core(), b.grid.values()) for f, b in blocks.items()},
+            SearchSpace(params.ensemble.thresholds.to_core(), params.ensemble.grid.values()),
+            params.ensemble.weights,
+            predict.merge_iou,
+            predict.min_votes,
+            on_mix=lambda weights, score: print(
+                f"tune: weights {weights}: {score:.4f} after a score-threshold search"
+            ),
+        )
+        heldout = {}
+        if layout.test_truth.is_file() and layout.predictions(families[0], "test").is_file():
+            test = {f: load_predictions(layout.predictions(f, "test")) for f in families}
+            truth = read_kaggle_csv(layout.test_truth)
+            held = TruthScorer.from_frame(truth, set(truth["id"].astype(str)))
+            heldout = heldout_scores(candidates, test, held, predict.merge_iou, predict.min_votes)
+        report = tuning_report(families, candidates, scorer, categories, heldout)
+        write_json(layout.thresholds, report)
+        for name, entry in report["candidates"].items():
+            cv, line = entry["cv"], f"tune: {name:<10}"
+            line += f" out-of-fold {cv['default']:.4f} default, {cv['tuned']:.4f} tuned"
+            if "heldout" in entry:
+                line += f"; held-out {entry['heldout']['tuned']:.4f} tuned"
+            print(line + (" <- chosen" if name == report["chosen"] else ""))
+        print(f"tune: {report['chosen']} ({len(common)} out-of-fold images) -> {layout.thresholds}")
+
     run_stage(
         "tune",
         cfg,
         inputs=[
-            *[layout.predictions(f, s) for f in cfg.families for s in splits],
+            *[layout.predictions(f, s) for f in families for s in predict.splits],
             layout.train_csv,
             layout.coco_train,
-            *test_truth,
+            *([layout.test_truth] if held_out else []),
         ],
         outputs=[layout.thresholds],
         params={
-            "tune": cfg.tune,
-            "merge": [cfg.predict.merge_iou, cfg.predict.min_votes],
-            **{
-                f: {"thresholds": cfg.model.block(f).thresholds, "grid": cfg.model.block(f).grid}
-                for f in cfg.families
-            },
+            "tune": params,
+            "merge": [predict.merge_iou, predict.min_votes],
+            **{f: {"thresholds": b.thresholds, "grid": b.grid} for f, b in blocks.items()},
         },
-        body=lambda: tune(cfg),
+        body=tune,
         force=args.force,
     )
