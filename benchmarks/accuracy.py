@@ -109,10 +109,11 @@ def image_scores(cfg, thresholds: dict) -> tuple[dict, dict[str, str]]:
     """Per candidate of thresholds.json, split ("oof", "heldout") and thresholds ("default",
     "tuned"): every image's MAP-IoU, as `tune` scores it; and every scored image's cell type."""
     from pipeline.core.coco import read_kaggle_csv
-    from pipeline.core.metrics import TruthScorer
+    from pipeline.core.ensemble import merge_families
     from pipeline.core.postprocess import Thresholds
     from pipeline.core.predictions import load_predictions
-    from pipeline.stages.tune import _merged, _scores, start_thresholds
+    from pipeline.core.truth_scorer import TruthScorer
+    from pipeline.core.tuning import score_images
 
     layout, families = cfg.layout, cfg.families
     oof = {f: load_predictions(layout.predictions(f, "oof")) for f in families}
@@ -128,15 +129,21 @@ def image_scores(cfg, thresholds: dict) -> tuple[dict, dict[str, str]]:
     for name, entry in thresholds["candidates"].items():
         used = [f for f, w in entry["weights"].items() if w > 0]
         block = cfg.model.block(used[0]) if len(used) == 1 else cfg.tune.ensemble
-        choices = {
-            "default": start_thresholds(cfg, block.thresholds),
-            "tuned": Thresholds.from_json(entry["thresholds"]),
-        }
+        start = Thresholds(
+            default=block.thresholds.to_core(),
+            class_mode=cfg.tune.class_mode,
+            order=cfg.tune.order,
+        )
+        choices = {"default": start, "tuned": Thresholds.from_json(entry["thresholds"])}
         scores[name] = {}
         for split, (preds, truth_scorer) in splits.items():
-            merged = _merged(cfg, preds, entry["weights"])
-            merged = {i: p for i, p in merged.items() if i in truth_scorer.runs}
-            scores[name][split] = {k: _scores(truth_scorer, merged, t) for k, t in choices.items()}
+            merged = merge_families(
+                preds, entry["weights"], cfg.predict.merge_iou, cfg.predict.min_votes
+            )
+            ids = [i for i in merged if i in truth_scorer.runs]
+            scores[name][split] = {
+                k: score_images(merged, truth_scorer, t, ids) for k, t in choices.items()
+            }
     cell_types = {i: c for _, s in splits.values() for i, c in s.cell_types.items()}
     return scores, cell_types
 

@@ -1,4 +1,4 @@
-"""`cellpipe COMMAND [--config FILE] [key.sub=value ...]`: one entry point for every stage.
+"""`cellpipe COMMAND [--config FILE] [key.sub=value ...]`: one entry point for every command.
 
 User mistakes (bad input, missing files, bad config) end with one line on stderr and exit code 2.
 Any other exception is a bug or a fault of the machine: its type and whole message (and those of
@@ -14,29 +14,54 @@ import os
 import sys
 import traceback
 
+from pipeline.config import load_config
 from pipeline.core.errors import CellpipeError
 
-# command -> help; each command is the module pipeline.stages.<command>, with `main(cfg, args)`
-# and maybe `add_arguments(parser)`. Heavy imports stay inside those functions.
-COMMANDS = {
-    "prepare": "download or generate the competition data",
-    "convert": "competition CSV / label images -> COCO JSON",
-    "folds": "k-fold split stratified by cell type, grouped by sample",
-    "pretrain": "train each model family on LIVECell",
-    "finetune": "train each model family on every fold",
-    "predict": "out-of-fold and test predictions, with TTA and ensembling",
-    "tune": "per-class thresholds that maximise out-of-fold MAP-IoU",
-    "pseudo": "pseudo-labels for the unlabelled images (train_semi_supervised/)",
-    "postprocess": "thresholds and overlap removal -> final instances",
-    "submit": "write and validate submission.csv",
-    "validate": "check a submission CSV as Kaggle would",
-    "score": "score a submission CSV against train.csv (MAP-IoU, GlaS)",
-    "leaderboard": "the local leaderboard of scored submissions",
-    "overlay": "pictures of a scored submission: worst images' outlines, a score histogram",
-    "kernels": "offline Kaggle bundle, inference and training notebooks",
-    "push": "upload the bundle and kernels to Kaggle, submit the inference",
-    "models": "the registered model families",
-    "import-weights": "detectron2 / LIVECell / torchvision weights -> an `init` file for maskrcnn",
+# command -> (its module, help). A module holds `main(cfg, args)` and maybe
+# `add_arguments(parser)`; only the chosen command's module is imported. Pipeline stages (files in,
+# files out, chained by make) are in pipeline/stages/, other commands in pipeline/commands/.
+# torch (and pipeline.models / pipeline.training, which import it) is imported inside functions,
+# so that `cellpipe --help` and the commands that need no model stay fast.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "prepare": ("pipeline.stages.prepare", "download or generate the competition data"),
+    "convert": ("pipeline.stages.convert", "competition CSV / label images -> COCO JSON"),
+    "folds": ("pipeline.stages.folds", "k-fold split stratified by cell type, grouped by sample"),
+    "pretrain": ("pipeline.stages.pretrain", "train each model family on LIVECell"),
+    "finetune": ("pipeline.stages.finetune", "train each model family on every fold"),
+    "predict": (
+        "pipeline.stages.predict",
+        "out-of-fold and test predictions, with TTA and ensembling",
+    ),
+    "tune": ("pipeline.stages.tune", "per-class thresholds that maximise out-of-fold MAP-IoU"),
+    "pseudo": (
+        "pipeline.stages.pseudo",
+        "pseudo-labels for the unlabelled images (train_semi_supervised/)",
+    ),
+    "postprocess": (
+        "pipeline.stages.postprocess",
+        "thresholds and overlap removal -> final instances",
+    ),
+    "submit": ("pipeline.stages.submit", "write and validate submission.csv"),
+    "validate": ("pipeline.commands.validate", "check a submission CSV as Kaggle would"),
+    "score": ("pipeline.stages.score", "score a submission CSV against train.csv (MAP-IoU, GlaS)"),
+    "leaderboard": ("pipeline.commands.leaderboard", "the local leaderboard of scored submissions"),
+    "overlay": (
+        "pipeline.commands.overlay",
+        "pictures of a scored submission: worst images' outlines, a score histogram",
+    ),
+    "kernels": (
+        "pipeline.stages.kernels",
+        "offline Kaggle bundle, inference and training notebooks",
+    ),
+    "push": (
+        "pipeline.stages.push",
+        "upload the bundle and kernels to Kaggle, submit the inference",
+    ),
+    "models": ("pipeline.commands.models", "the registered model families"),
+    "import-weights": (
+        "pipeline.commands.import_weights",
+        "detectron2 / LIVECell / torchvision weights -> an `init` file for maskrcnn",
+    ),
 }
 
 
@@ -60,7 +85,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands = {}
-    for name, help_text in COMMANDS.items():
+    for name, (_, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text, epilog=EXIT_CODES)
         p.add_argument("--config", "-c", default=None, help="YAML config (see configs/)")
         p.add_argument("--force", action="store_true", help="run even if outputs are up to date")
@@ -99,8 +124,6 @@ def report_unexpected(command: str, error: Exception, debug: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipeline.config import load_config
-
     argv = sys.argv[1:] if argv is None else list(argv)
     parser, commands = build_parser()
     debug = argv[:1] == ["--debug"]  # `cellpipe --debug COMMAND ...`
@@ -112,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # only the chosen command's module is imported; its own arguments come before the
         # overrides, and options may stand anywhere (`validate FILE --config C key=value`)
-        module = importlib.import_module(f"pipeline.stages.{command.replace('-', '_')}")
+        module = importlib.import_module(COMMANDS[command][0])
         sub = commands[command]
         if hasattr(module, "add_arguments"):
             module.add_arguments(sub)

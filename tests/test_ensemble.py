@@ -137,3 +137,12 @@ def test_weighted_merge_of_two_families():
         merge_predictions([a, b], weights=[0.0, 0.0])
     by_family = merge_families({"x": {"i": a}, "y": {"i": b}}, {"x": 3.0, "y": 1.0}, 0.5)
     assert by_family["i"].scores.tolist() == pytest.approx(merged.scores.tolist())
+
+
+def test_one_family_of_positive_weight_is_used_as_it_is():
+    a = preds((20, 20), [[0, 0, 4, 4]], [0.8])
+    b = preds((20, 20), [[0, 0, 5, 5]], [0.6])
+    chosen = merge_families({"x": {"i": a}, "y": {"i": b}}, {"x": 0.0, "y": 0.5})
+    assert chosen == {"i": b} and chosen["i"] is b
+    with pytest.raises(ValueError, match="no family has a positive weight"):
+        merge_families({"x": {"i": a}}, {"x": 0.0})

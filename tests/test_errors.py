@@ -118,7 +118,7 @@ def test_the_causes_of_an_unexpected_error_are_kept(capsys):
 LIMITED = """
 import resource, sys
 import numpy, PIL.Image, tifffile, torch
-import pipeline.cli, pipeline.models, pipeline.models.checkpoints, pipeline.stages.import_weights
+import pipeline.cli, pipeline.models, pipeline.models.checkpoints, pipeline.commands.import_weights
 with open("/proc/self/status") as f:
     mapped = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize"))
 resource.setrlimit(resource.RLIMIT_AS, (mapped + 24 * 2**20, resource.RLIM_INFINITY))

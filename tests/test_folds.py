@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from pipeline.core.errors import CellpipeError
-from pipeline.core.splits import assign_folds, fold_table
+from pipeline.core.splits import assign_folds, coco_folds, fold_table
 
 
 def image_table(seed: int = 0) -> pd.DataFrame:
@@ -58,3 +58,17 @@ def test_fold_table_totals():
     )
     assert table.loc["total", ("images", "astro")] == (images["cell_type"] == "astro").sum()
     assert table.loc["total", "instances"].sum() == images["instances"].sum()
+
+
+def test_coco_without_metadata_is_one_class_and_each_image_its_own_group():
+    coco = {
+        "images": [{"id": 7 + k, "file_name": f"train/im{k}.png"} for k in range(4)],
+        "annotations": [{"image_id": 7}] * 3 + [{"image_id": 9}],
+    }
+    table = coco_folds(coco, 2, 0, "cell_type", "sample_id")
+    assert list(table.columns) == ["id", "fold", "cell_type", "sample_id", "instances"]
+    assert table["id"].tolist() == ["im0", "im1", "im2", "im3"]
+    assert table["sample_id"].tolist() == table["id"].tolist()
+    assert set(table["cell_type"]) == {"cell"}
+    assert table["instances"].tolist() == [3, 0, 1, 0]
+    assert sorted(table["fold"].value_counts().tolist()) == [2, 2]

@@ -12,7 +12,7 @@ from scipy.optimize import linear_sum_assignment
 from pipeline.core import rle
 from pipeline.core.errors import CellpipeError
 from pipeline.core.metrics import (
-    THRESHOLDS,
+    IOU_THRESHOLDS,
     ImageMatch,
     MatchTable,
     OverlapError,
@@ -20,9 +20,9 @@ from pipeline.core.metrics import (
     match_labels,
     match_runs,
     match_stacks,
-    match_submission,
     stack_runs,
 )
+from pipeline.core.submission_matching import match_submission
 
 COMPETITION_THRESHOLDS = np.arange(0.5, 1.0, 0.05)  # as Kaggle notebooks write them, in float64
 
@@ -154,8 +154,8 @@ def test_iou_a_hair_above_a_threshold_matches():
 
 
 def test_thresholds_are_the_competitions():
-    np.testing.assert_allclose(THRESHOLDS, COMPETITION_THRESHOLDS)
-    assert len(THRESHOLDS) == 10
+    np.testing.assert_allclose(IOU_THRESHOLDS, COMPETITION_THRESHOLDS)
+    assert len(IOU_THRESHOLDS) == 10
 
 
 def test_empty_cases():

@@ -278,18 +278,6 @@ def test_broken_submission_is_rejected(default_chain, capsys, tmp_path):
     one_line(capsys, f"line {len(frame) + 1}")
 
 
-def test_weight_mixes_are_distinct_and_mix_two_families_or_more():
-    from pipeline.stages.tune import weight_mixes
-
-    mixes = weight_mixes(["a", "b", "c"], [0.0, 0.5, 1.0])
-    assert {"a": 1.0, "b": 0.5, "c": 0.0} in mixes and {"a": 1.0, "b": 1.0, "c": 1.0} in mixes
-    assert all(sum(w > 0 for w in m.values()) >= 2 and max(m.values()) == 1.0 for m in mixes)
-    # 20 assignments with two positive weights or more, less (.5, .5, 0) x 3 and (.5, .5, .5)
-    assert len(mixes) == len({tuple(m.values()) for m in mixes}) == 16
-    assert weight_mixes(["a"], [0.0, 1.0]) == []
-
-
-@in_default_chain
 def test_pseudo_labels_are_trained_on_beside_each_fold(default_chain, tmp_path, capsys):
     copy = Chain(tmp_path / "work", CONFIG, default_chain.overrides)
     shutil.copytree(default_chain.work, copy.work)  # the chain's folder stays as it was

@@ -6,7 +6,12 @@ import pytest
 
 from pipeline.core import rle
 from pipeline.core.errors import CellpipeError
-from pipeline.core.submission import read_submission, validate_submission, write_submission
+from pipeline.core.submission import (
+    read_submission,
+    sample_order,
+    validate_submission,
+    write_submission,
+)
 
 SHAPES = {"a": (4, 5), "b": (3, 3)}
 
@@ -61,3 +66,12 @@ def test_read_errors(tmp_path):
     (tmp_path / "empty.csv").write_text("")
     with pytest.raises(CellpipeError, match="not a readable CSV"):
         read_submission(tmp_path / "empty.csv")
+
+
+def test_rows_follow_the_sample_then_the_images_it_lacks(tmp_path):
+    sample = tmp_path / "sample_submission.csv"
+    sample.write_text("id,predicted\nc,\nb,1 1\nb,\n")
+    shapes = {"a": (2, 2), "b": (2, 2), "c": (2, 2), "d": (2, 2)}
+    assert sample_order(sample, shapes, tmp_path / "test") == ["c", "b", "a", "d"]
+    with pytest.raises(CellpipeError, match=r"names 'c', which is not in .*test$"):
+        sample_order(sample, {"b": (2, 2)}, tmp_path / "test")

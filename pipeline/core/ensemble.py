@@ -172,8 +172,8 @@ def merge_families(
     iou_threshold: float = 0.55,
     min_votes: int = 1,
 ) -> dict[str, ImagePredictions]:
-    """Per image, the predictions of several families merged with per-family weights (a family
-    of weight 0 is left out); every family must have predicted the same images."""
+    """Per image, the predictions of the families of positive weight: one family's as they are,
+    several merged with their weights; every such family must have predicted the same images."""
     used = [f for f in family_predictions if weights.get(f, 0.0) > 0]
     if not used:
         raise ValueError(f"no family has a positive weight in {dict(weights)}")

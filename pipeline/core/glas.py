@@ -27,7 +27,8 @@ import numpy as np
 from scipy import ndimage
 
 from pipeline.core import rle
-from pipeline.core.metrics import ImageRows, compact_labels, overlap_table
+from pipeline.core.metrics import compact_labels, pair_counts, pieces_of_labels
+from pipeline.core.submission_matching import ImageRows
 
 METRICS = ("object_f1", "object_dice", "object_hausdorff", "count")
 
@@ -73,6 +74,23 @@ class _Objects:
         self.area = area
         self.box = np.zeros((len(area), 4), np.int64)
         self.box[self.ids] = _bboxes(labels, self.ids)
+
+
+def overlap_table(
+    gt_labels: np.ndarray, pred_labels: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Every overlapping (gt, pred) label pair with its pixel count, and both sides' areas.
+
+    Returns (gt label, pred label, intersection) arrays over the pairs, sorted by gt then pred,
+    and the area of every label value (index = label) on each side.
+    """
+    area_gt, area_pred, piece_gt, piece_pred, piece_px, n = pieces_of_labels(gt_labels, pred_labels)
+    if n == -2:
+        raise ValueError("labels must be at most the pixel count (renumber them)")
+    pair_gt, pair_pred, inter = pair_counts(
+        piece_gt[:n], piece_pred[:n], piece_px[:n], area_pred.shape[0]
+    )
+    return pair_gt, pair_pred, inter, area_gt, area_pred
 
 
 def hausdorff(a: np.ndarray, b: np.ndarray) -> float:

@@ -26,21 +26,17 @@ counts go to scipy's maximum bipartite matching.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Collection, Mapping
-from typing import TYPE_CHECKING, Any, NamedTuple
+from collections.abc import Mapping
+from typing import Any, NamedTuple
 
 import numba
 import numpy as np
 
-from pipeline.core.errors import CellpipeError, RLEError
-from pipeline.core.rle import Runs, as_label_image, label_runs, parse_runs
+from pipeline.core.rle import Runs, as_label_image
 
-if TYPE_CHECKING:
-    import pandas as pd
-
-THRESHOLD_STEPS = np.arange(10, 20)  # threshold k is THRESHOLD_STEPS[k] / 20
-THRESHOLDS = THRESHOLD_STEPS / 20.0  # 0.50, 0.55, ..., 0.95
-N_THRESHOLDS = len(THRESHOLDS)
+IOU_THRESHOLD_STEPS = np.arange(10, 20)  # threshold k is IOU_THRESHOLD_STEPS[k] / 20
+IOU_THRESHOLDS = IOU_THRESHOLD_STEPS / 20.0  # 0.50, 0.55, ..., 0.95
+N_IOU_THRESHOLDS = len(IOU_THRESHOLDS)
 
 
 # --- results ------------------------------------------------------------------------------------
@@ -59,7 +55,7 @@ def threshold_scores(tp: np.ndarray, n_true: np.ndarray, n_pred: np.ndarray) -> 
 class ImageMatch:
     """Matching of one image: true positives at every threshold and the object counts."""
 
-    tp: np.ndarray  # (10,) int64, one per THRESHOLDS entry
+    tp: np.ndarray  # (10,) int64, one per IOU_THRESHOLDS entry
     n_true: int
     n_pred: int
 
@@ -99,7 +95,7 @@ class MatchTable:
         return cls(
             ids=ids,
             classes=[str(classes.get(i, "")) for i in ids],
-            tp=np.array([matches[i].tp for i in ids], np.int64).reshape(len(ids), N_THRESHOLDS),
+            tp=np.array([matches[i].tp for i in ids], np.int64).reshape(len(ids), N_IOU_THRESHOLDS),
             n_true=np.array([matches[i].n_true for i in ids], np.int64),
             n_pred=np.array([matches[i].n_pred for i in ids], np.int64),
         )
@@ -156,7 +152,9 @@ class MatchTable:
                     "fp": int(b),
                     "fn": int(c),
                 }
-                for t, s, a, b, c in zip(THRESHOLDS, self.threshold_scores.mean(axis=0), tp, fp, fn)
+                for t, s, a, b, c in zip(
+                    IOU_THRESHOLDS, self.threshold_scores.mean(axis=0), tp, fp, fn
+                )
             ]
             if len(self)
             else [],
@@ -411,7 +409,7 @@ def _count_objects(area: np.ndarray) -> int:
     return int(np.count_nonzero(area[1:]))
 
 
-def _pair_counts(
+def pair_counts(
     piece_a: np.ndarray, piece_b: np.ndarray, piece_px: np.ndarray, n_b: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pieces summed per (a, b) pair: (a, b, pixels), sorted by a then b."""
@@ -431,10 +429,10 @@ def _match_general(
     from scipy.sparse import csr_matrix
     from scipy.sparse.csgraph import maximum_bipartite_matching
 
-    a, b, inter = _pair_counts(piece_a, piece_b, piece_px, area_b.shape[0])
+    a, b, inter = pair_counts(piece_a, piece_b, piece_px, area_b.shape[0])
     union = area_a[a] + area_b[b] - inter
-    tp = np.zeros(N_THRESHOLDS, np.int64)
-    for k, step in enumerate(THRESHOLD_STEPS):
+    tp = np.zeros(N_IOU_THRESHOLDS, np.int64)
+    for k, step in enumerate(IOU_THRESHOLD_STEPS):
         edge = 20 * inter > step * union
         if not edge.any():
             break
@@ -452,7 +450,7 @@ def compact_labels(labels: np.ndarray) -> np.ndarray:
     return (inverse + int(values[0] != 0)).reshape(labels.shape)
 
 
-def _pieces_of_labels(gt_labels: np.ndarray, pred_labels: np.ndarray) -> tuple:
+def pieces_of_labels(gt_labels: np.ndarray, pred_labels: np.ndarray) -> tuple:
     """Checked label images -> `_label_pieces` (piece count -2: labels above the pixel count)."""
     gt = as_label_image(gt_labels, "ground truth")
     pred = as_label_image(pred_labels, "prediction")
@@ -468,11 +466,9 @@ def _pieces_of_labels(gt_labels: np.ndarray, pred_labels: np.ndarray) -> tuple:
 
 def match_labels(gt_labels: np.ndarray, pred_labels: np.ndarray) -> ImageMatch:
     """Match two label images (0 = background, each other value one object)."""
-    area_gt, area_pred, piece_gt, piece_pred, piece_px, n = _pieces_of_labels(
-        gt_labels, pred_labels
-    )
+    area_gt, area_pred, piece_gt, piece_pred, piece_px, n = pieces_of_labels(gt_labels, pred_labels)
     if n == -2:  # labels larger than the pixel count: number them 1..n first
-        area_gt, area_pred, piece_gt, piece_pred, piece_px, n = _pieces_of_labels(
+        area_gt, area_pred, piece_gt, piece_pred, piece_px, n = pieces_of_labels(
             compact_labels(np.asarray(gt_labels)), compact_labels(np.asarray(pred_labels))
         )
     tp = _match_by_majority(piece_gt, piece_pred, piece_px, n, area_gt, area_pred)
@@ -553,152 +549,3 @@ def match_stacks(gt_masks: np.ndarray, pred_masks: np.ndarray) -> ImageMatch:
     if gt_masks.shape[1:] != pred_masks.shape[1:]:
         raise ValueError(f"stacks differ in image shape: {gt_masks.shape} vs {pred_masks.shape}")
     return match_runs(stack_runs(gt_masks), stack_runs(pred_masks), allow_pred_overlap=True)
-
-
-# --- submissions ------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class ImageRows:
-    """One image of a submission scored against the truth: RLE texts and their CSV lines."""
-
-    id: str
-    cell_type: str
-    shape: tuple[int, int]  # (height, width) from the truth rows
-    true_texts: list[str]
-    true_lines: np.ndarray
-    pred_texts: list[str]  # non-empty `predicted` texts only
-    pred_lines: np.ndarray
-
-
-def submission_images(
-    submission: pd.DataFrame, truth: pd.DataFrame, image_ids: Collection[str] | None = None
-) -> tuple[list[ImageRows], list[str]]:
-    """Pair a submission (`id,predicted`) with the truth (train.csv layout), image by image.
-
-    `image_ids` restricts scoring to those truth images (e.g. one fold); rows of other truth
-    images are ignored, ids absent from the truth are an error naming the CSV line. Truth images
-    without a row, or with only empty `predicted` texts, are empty predictions: they are listed
-    in the second value returned. CSV lines count the header as line 1.
-    """
-    truth_rows = truth.groupby("id", sort=False).indices
-    unknown = ~submission["id"].isin(list(truth_rows))
-    if unknown.any():
-        row = int(np.flatnonzero(unknown.to_numpy())[0])
-        raise CellpipeError(f"line {row + 2}: unknown image id {submission['id'].iloc[row]!r}")
-    wanted = list(truth_rows) if image_ids is None else [i for i in truth_rows if i in image_ids]
-    if image_ids is not None and (absent := set(image_ids) - set(truth_rows)):
-        raise CellpipeError(f"image {sorted(absent)[0]!r} is not in the truth")
-    predicted = submission["predicted"].fillna("").astype(str)
-    texts = predicted.to_numpy()
-    kept = np.flatnonzero(predicted.str.strip().str.len().to_numpy() > 0)
-    pred_rows = submission.iloc[kept].groupby("id", sort=False).indices  # positions in `kept`
-    annotation = truth["annotation"].astype(str).to_numpy()
-    width = truth["width"].to_numpy()
-    height = truth["height"].to_numpy()
-    cell_type = truth["cell_type"].astype(str).to_numpy() if "cell_type" in truth else None
-    images, empty = [], []
-    for image_id in wanted:
-        rows = truth_rows[image_id]
-        first = rows[0]
-        preds = kept[pred_rows[image_id]] if image_id in pred_rows else kept[:0]
-        if not len(preds):
-            empty.append(image_id)
-        images.append(
-            ImageRows(
-                id=image_id,
-                cell_type="" if cell_type is None else str(cell_type[first]),
-                shape=(int(height[first]), int(width[first])),
-                true_texts=annotation[rows].tolist(),
-                true_lines=rows + 2,
-                pred_texts=texts[preds].tolist(),
-                pred_lines=preds + 2,
-            )
-        )
-    return images, empty
-
-
-def parse_image(texts: list[str], lines: np.ndarray, shape: tuple[int, int], where: str) -> Runs:
-    """`rle.parse_runs` of one image's texts; errors name the CSV line (`where`: which file)."""
-    try:
-        return parse_runs(texts, shape)
-    except RLEError as e:
-        line = lines[e.instance or 0]
-        raise CellpipeError(f"{where}line {line}: {e.detail}") from None
-
-
-def match_image_rows(image: ImageRows) -> ImageMatch:
-    """Match one image's RLE texts directly; overlapping predictions are an error."""
-    truth = parse_image(image.true_texts, image.true_lines, image.shape, f"truth {image.id}: ")
-    pred = parse_image(image.pred_texts, image.pred_lines, image.shape, "")
-    try:
-        return match_runs(truth, pred)
-    except OverlapError as e:
-        first, second = sorted(e.pair)
-        raise CellpipeError(
-            f"line {image.pred_lines[second]} ({image.id}): overlaps the prediction on "
-            f"line {image.pred_lines[first]}"
-        ) from None
-
-
-def match_submission(
-    submission: pd.DataFrame, truth: pd.DataFrame, image_ids: Collection[str] | None = None
-) -> tuple[MatchTable, list[str]]:
-    """Score a submission against the truth, RLE against RLE; also the ids scored as empty.
-
-    Pixel order does not matter as long as both files use the same one.
-    """
-    images, empty = submission_images(submission, truth, image_ids)
-    matches = {image.id: match_image_rows(image) for image in images}
-    return MatchTable.from_matches(matches, {i.id: i.cell_type for i in images}), empty
-
-
-def overlap_table(
-    gt_labels: np.ndarray, pred_labels: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Every overlapping (gt, pred) label pair with its pixel count, and both sides' areas.
-
-    Returns (gt label, pred label, intersection) arrays over the pairs, sorted by gt then pred,
-    and the area of every label value (index = label) on each side.
-    """
-    area_gt, area_pred, piece_gt, piece_pred, piece_px, n = _pieces_of_labels(
-        gt_labels, pred_labels
-    )
-    if n == -2:
-        raise ValueError("labels must be at most the pixel count (renumber them)")
-    pair_gt, pair_pred, inter = _pair_counts(
-        piece_gt[:n], piece_pred[:n], piece_px[:n], area_pred.shape[0]
-    )
-    return pair_gt, pair_pred, inter, area_gt, area_pred
-
-
-@dataclasses.dataclass(frozen=True)
-class TruthScorer:
-    """MAP-IoU of predicted label images against the truth of a train.csv-style table."""
-
-    runs: dict[str, Runs]  # each image's true instances
-    cell_types: dict[str, str]  # each image's `cell_type` ('' without the column)
-
-    @classmethod
-    def from_frame(cls, truth: pd.DataFrame, image_ids: Collection[str]) -> TruthScorer:
-        """The truth of `image_ids` (an id without rows has no instance)."""
-        rows = truth[truth["id"].isin(list(image_ids))]
-        runs, cell_types = {}, {}
-        for image_id, image in rows.groupby("id"):
-            texts = [t for t in image["annotation"].astype(str) if t.strip()]
-            shape = (int(image["height"].iloc[0]), int(image["width"].iloc[0]))
-            runs[image_id] = parse_runs(texts, shape)
-            cell_types[image_id] = str(image["cell_type"].iloc[0]) if "cell_type" in image else ""
-        return cls(runs, cell_types)
-
-    def __call__(self, image_id: str, labels: np.ndarray) -> float:
-        """One image's score: its predicted label image against its truth."""
-        empty = Runs(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(1, np.int64))
-        return match_runs(self.runs.get(image_id, empty), label_runs(labels)).score
-
-    def per_class(self, image_scores: Mapping[str, float]) -> dict[str, float]:
-        """Mean image score per cell type."""
-        scores: dict[str, list[float]] = {}
-        for image_id, value in image_scores.items():
-            scores.setdefault(self.cell_types.get(image_id) or "cell", []).append(value)
-        return {k: float(np.mean(v)) for k, v in sorted(scores.items())}

@@ -10,12 +10,16 @@ classes, as the popular Sartorius notebooks do) or of the instance's own class.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
+from tqdm import tqdm
 
+from pipeline.core import rle
+from pipeline.core.coco import labels_to_annotations
 from pipeline.core.errors import CellpipeError
 from pipeline.core.fileio import read_json
 from pipeline.core.instances import order_by_area, order_by_score, paint_instances
@@ -135,3 +139,29 @@ def postprocess_image(
         np.array([t.min_keep for t in limits], np.float64),
     )
     return labels, np.asarray(candidates, np.int64)[kept]
+
+
+def final_instances(
+    preds: Mapping[str, ImagePredictions], thresholds: Thresholds, desc: str = "postprocess"
+) -> dict[str, list[str]]:
+    """Each image's final instances as RLE texts (the submission's `predicted`), in label order."""
+    return {
+        image_id: list(rle.encode_labels(postprocess_image(pred, thresholds)[0]).values())
+        for image_id, pred in tqdm(preds.items(), desc=desc, unit="img")
+    }
+
+
+def pseudo_coco(coco: dict, preds: Mapping[str, ImagePredictions], thresholds: Thresholds) -> dict:
+    """`coco` (unlabelled images) with each image's final instances as annotations of their
+    predicted classes; an image left without any is dropped (it would only teach background)."""
+    annotations: list[dict] = []
+    kept_images = []
+    for image in tqdm(coco["images"], desc="pseudo labels", unit="img"):
+        pred = preds[Path(image["file_name"]).stem]
+        labels, kept = postprocess_image(pred, thresholds)
+        if not len(kept):
+            continue
+        classes = pred.labels[kept]
+        annotations += labels_to_annotations(labels, image["id"], len(annotations) + 1, classes)
+        kept_images.append(image)
+    return {**coco, "images": kept_images, "annotations": annotations}

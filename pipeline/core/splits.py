@@ -39,6 +39,22 @@ def assign_folds(
     return folds
 
 
+def coco_folds(
+    coco: dict, n_folds: int, seed: int, stratify_by: str, group_by: str
+) -> pd.DataFrame:
+    """folds.csv's table of a COCO file's images: id (file stem), fold, class, group and
+    instance count; without a class or group field, one class and each image its own group."""
+    images = pd.DataFrame(coco["images"]).rename(columns={"id": "id_coco"})
+    images["id"] = [Path(name).stem for name in images["file_name"]]
+    for column in (stratify_by, group_by):
+        if column not in images.columns:
+            images[column] = "cell" if column == stratify_by else images["id"]
+    per_image = pd.Series([a["image_id"] for a in coco["annotations"]], dtype="int64")
+    images["instances"] = images["id_coco"].map(per_image.value_counts()).fillna(0).astype(int)
+    images["fold"] = assign_folds(images, n_folds, seed, stratify_by, group_by)
+    return images[["id", "fold", stratify_by, group_by, "instances"]]
+
+
 def fold_table(folds: pd.DataFrame, stratify_by: str) -> pd.DataFrame:
     """Images and instances per fold and class, with totals, for printing."""
     images = folds.pivot_table(

@@ -111,3 +111,13 @@ def check_submission(path: Path, shapes: Mapping[str, tuple[int, int]]) -> dict[
         return validate_submission(read_submission(path), shapes)
     except CellpipeError as e:
         raise CellpipeError(f"{path}: {e}") from None
+
+
+def sample_order(sample: Path, shapes: Mapping[str, tuple[int, int]], folder: Path) -> list[str]:
+    """The images of `shapes` (those of `folder`) in sample_submission.csv's order, then those it
+    lacks, sorted; an id of the sample that is not one of them is an error."""
+    sample_ids = pd.read_csv(sample, dtype=str)["id"].drop_duplicates()
+    unknown = sorted(set(sample_ids) - set(shapes))
+    if unknown:
+        raise CellpipeError(f"{sample} names {unknown[0]!r}, which is not in {folder}")
+    return [*sample_ids, *sorted(set(shapes) - set(sample_ids))]

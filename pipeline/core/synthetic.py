@@ -12,6 +12,7 @@ darker cell bodies, bright halos around and between cells, faint neurites, debri
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -24,7 +25,8 @@ from tqdm import tqdm
 
 from pipeline.core import rle
 from pipeline.core.coco import LIVECELL_LINES
-from pipeline.core.fileio import write_json, write_png, write_text, write_tiff
+from pipeline.core.errors import CellpipeError
+from pipeline.core.fileio import atomic_dir, write_json, write_png, write_text, write_tiff
 
 if TYPE_CHECKING:
     from pipeline.config import SyntheticConfig
@@ -477,3 +479,16 @@ def write_dataset(root: Path, cfg: SyntheticConfig, progress: bool = True) -> No
     """Write the whole synthetic competition folder under `root`."""
     write_competition(root, cfg, progress)
     write_livecell(root, cfg, progress)
+
+
+def write_data_folder(data: Path, cfg: SyntheticConfig) -> None:
+    """Write the synthetic competition folder at `data` atomically, with its marker (the settings
+    it was made with); a folder holding data cellpipe did not generate is never replaced."""
+    if data.exists() and any(data.iterdir()) and not (data / MARKER_FILE).exists():
+        raise CellpipeError(
+            f"{data} holds data cellpipe did not generate: not overwriting it "
+            "(choose another data_dir, or prepare.source=kaggle to download there)"
+        )
+    with atomic_dir(data) as tmp:
+        write_dataset(tmp, cfg)
+        (tmp / MARKER_FILE).write_text(json.dumps(cfg.model_dump(), indent=1))

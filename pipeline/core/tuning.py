@@ -46,6 +46,17 @@ class TuneResult:
         return _mean(self.start_image_scores)
 
 
+def score_images(
+    preds: Mapping[str, ImagePredictions],
+    score: ScoreFn,
+    thresholds: Thresholds,
+    ids: Sequence[str] | None = None,
+) -> dict[str, float]:
+    """The score of each image of `ids` (default: all) postprocessed with `thresholds`."""
+    ids = list(preds) if ids is None else ids
+    return {i: score(i, postprocess_image(preds[i], thresholds)[0]) for i in ids}
+
+
 def _affected(preds: Mapping[str, ImagePredictions], mode: str, group: Sequence[int]) -> list[str]:
     if mode == "image":
         return [i for i, p in preds.items() if image_class(p.labels) in group]
@@ -83,10 +94,7 @@ def tune_thresholds(
     thresholds = replace(start, per_class={c: start.of(c) for g in groups for c in g})
     untuned = thresholds
 
-    def scores_of(t: Thresholds, ids: Sequence[str]) -> dict[str, float]:
-        return {i: score(i, postprocess_image(preds[i], t)[0]) for i in ids}
-
-    start_scores = scores_of(thresholds, list(preds))
+    start_scores = score_images(preds, score, thresholds)
     per_image = dict(start_scores)
     steps: list[dict] = []
     jobs = [(r, list(g), f) for r in range(rounds) for g in groups for f in grid]
@@ -97,7 +105,7 @@ def tune_thresholds(
         current = sum(per_image[i] for i in ids)
         best_value, best_scores, best_total = None, None, current
         for value in grid[field]:
-            trial = scores_of(_with(thresholds, group, field, value), ids)
+            trial = score_images(preds, score, _with(thresholds, group, field, value), ids)
             total = sum(trial.values())
             if total > best_total + 1e-12:
                 best_value, best_scores, best_total = value, trial, total

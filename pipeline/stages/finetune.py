@@ -13,12 +13,12 @@ import argparse
 
 from pipeline.config import Config
 from pipeline.core.errors import CellpipeError
+from pipeline.core.fileio import read_json
+from pipeline.core.splits import coco_ids_by_fold
+from pipeline.runner import run_stage
 
 
 def main(cfg: Config, args: argparse.Namespace) -> None:
-    from pipeline.core.fileio import read_json
-    from pipeline.core.splits import coco_ids_by_fold
-    from pipeline.runner import run_stage
     from pipeline.training.engine import distributed_context
     from pipeline.training.runs import (
         init_weights,

@@ -6,13 +6,12 @@ from __future__ import annotations
 import argparse
 
 from pipeline.config import Config
+from pipeline.kaggle.bundle import build, inputs
+from pipeline.kaggle.metadata import kernel_folders
+from pipeline.runner import run_stage
 
 
 def main(cfg: Config, args: argparse.Namespace) -> None:
-    from pipeline.kaggle.bundle import build, inputs
-    from pipeline.kaggle.metadata import kernel_folders
-    from pipeline.runner import run_stage
-
     run_stage(
         "kernels",
         cfg,

@@ -9,70 +9,52 @@ thresholds, so that every family is scored beside the choice.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from pipeline.config import Config
+from pipeline.core.ensemble import merge_families
 from pipeline.core.errors import CellpipeError
-
-
-def write_instances(preds: dict, thresholds, path, desc: str) -> None:
-    """Postprocess every image's predictions and write them as a submission-format CSV."""
-    from tqdm import tqdm
-
-    from pipeline.core import rle
-    from pipeline.core.postprocess import postprocess_image
-    from pipeline.core.submission import write_submission
-
-    instances = {}
-    for image_id, pred in tqdm(preds.items(), desc=desc, unit="img"):
-        labels, _ = postprocess_image(pred, thresholds)
-        instances[image_id] = list(rle.encode_labels(labels).values())
-    frame = write_submission(path, instances)
-    n = sum(len(v) for v in instances.values())
-    print(f"{desc}: {n} instances in {len(instances)} images -> {path} ({len(frame)} rows)")
-
-
-def postprocess(cfg: Config) -> None:
-    """Write the chosen and every family's final instances for every predicted split."""
-    from pipeline.core.ensemble import merge_families
-    from pipeline.core.postprocess import load_tuned
-    from pipeline.core.predictions import load_predictions
-
-    layout, params = cfg.layout, cfg.predict
-    tuned = load_tuned(layout.thresholds)
-    if set(tuned.family_thresholds) != set(cfg.families):
-        raise CellpipeError(
-            f"{layout.thresholds} was tuned for {sorted(tuned.family_thresholds)}, predict.models "
-            f"is {cfg.families}: rerun `cellpipe tune`"
-        )
-    for split in params.splits:
-        preds = {f: load_predictions(layout.predictions(f, split)) for f in cfg.families}
-        for family in cfg.families:
-            path = layout.postprocessed(split, family)
-            thresholds = tuned.family_thresholds[family]
-            write_instances(preds[family], thresholds, path, f"postprocess {family} {split}")
-        used = [f for f, w in tuned.weights.items() if w > 0]
-        if len(used) == 1:
-            chosen = preds[used[0]]
-        else:
-            chosen = merge_families(preds, tuned.weights, params.merge_iou, params.min_votes)
-        path = layout.postprocessed(split)
-        write_instances(chosen, tuned.thresholds, path, f"postprocess {split}")
+from pipeline.core.postprocess import Thresholds, final_instances, load_tuned
+from pipeline.core.predictions import load_predictions
+from pipeline.core.submission import write_submission
+from pipeline.runner import run_stage
 
 
 def main(cfg: Config, args: argparse.Namespace) -> None:
-    from pipeline.runner import run_stage
+    layout, params, families = cfg.layout, cfg.predict, cfg.families
 
-    layout = cfg.layout
-    splits = cfg.predict.splits
+    def write(preds: dict, thresholds: Thresholds, path: Path, desc: str) -> None:
+        instances = final_instances(preds, thresholds, desc)
+        frame = write_submission(path, instances)
+        n = sum(len(v) for v in instances.values())
+        print(f"{desc}: {n} instances in {len(instances)} images -> {path} ({len(frame)} rows)")
+
+    def postprocess() -> None:
+        """Write the chosen and every family's final instances for every predicted split."""
+        tuned = load_tuned(layout.thresholds)
+        if set(tuned.family_thresholds) != set(families):
+            raise CellpipeError(
+                f"{layout.thresholds} was tuned for {sorted(tuned.family_thresholds)}, "
+                f"predict.models is {families}: rerun `cellpipe tune`"
+            )
+        for split in params.splits:
+            preds = {f: load_predictions(layout.predictions(f, split)) for f in families}
+            for family in families:
+                thresholds = tuned.family_thresholds[family]
+                path = layout.postprocessed(split, family)
+                write(preds[family], thresholds, path, f"postprocess {family} {split}")
+            chosen = merge_families(preds, tuned.weights, params.merge_iou, params.min_votes)
+            write(chosen, tuned.thresholds, layout.postprocessed(split), f"postprocess {split}")
+
     run_stage(
         "postprocess",
         cfg,
         inputs=[
             layout.thresholds,
-            *[layout.predictions(f, s) for f in cfg.families for s in splits],
+            *[layout.predictions(f, s) for f in families for s in params.splits],
         ],
-        outputs=[layout.postprocessed(s, f) for s in splits for f in [None, *cfg.families]],
-        params=cfg.predict,
-        body=lambda: postprocess(cfg),
+        outputs=[layout.postprocessed(s, f) for s in params.splits for f in [None, *families]],
+        params=params,
+        body=postprocess,
         force=args.force,
     )

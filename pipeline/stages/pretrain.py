@@ -12,10 +12,10 @@ from __future__ import annotations
 import argparse
 
 from pipeline.config import Config
+from pipeline.runner import run_stage
 
 
 def main(cfg: Config, args: argparse.Namespace) -> None:
-    from pipeline.runner import run_stage
     from pipeline.training.engine import distributed_context
     from pipeline.training.runs import (
         init_weights,

@@ -14,67 +14,50 @@ competition's pseudo-labelling solutions.)
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from pipeline.config import Config
-
-
-def pseudo_label(cfg: Config) -> None:
-    """Write `layout.coco_pseudo`: the kept instances of every unlabelled image."""
-    import torch
-    from tqdm import tqdm
-
-    from pipeline.core.coco import labels_to_annotations, unlabelled_coco
-    from pipeline.core.ensemble import merge_families
-    from pipeline.core.errors import CellpipeError
-    from pipeline.core.fileio import read_json, write_json
-    from pipeline.core.postprocess import load_tuned, postprocess_image
-    from pipeline.models.inference import device_for, inference_models, predict_images
-
-    layout, params = cfg.layout, cfg.predict
-    if not layout.semi_images.is_dir():
-        raise CellpipeError(f"no unlabelled images: missing {layout.semi_images}")
-    categories = read_json(layout.coco_train)["categories"]
-    coco = unlabelled_coco(layout.semi_images, layout.data, categories)
-    category_ids = {c["name"]: c["id"] for c in categories}
-    tuned = load_tuned(layout.thresholds)
-    used = [f for f, w in tuned.weights.items() if w > 0]
-    device = device_for(params.device)
-    preds = {}
-    names = [c["name"] for c in categories]
-    with torch.inference_mode():
-        for family in used:
-            folds = [layout.finetune_model(family, k) for k in cfg.folds_trained]
-            models = inference_models(cfg, family, folds, names, device)
-            preds[family] = predict_images(
-                models, coco["images"], cfg, category_ids, device, f"pseudo {family}"
-            )
-    chosen = (
-        preds[used[0]]
-        if len(used) == 1
-        else merge_families(preds, tuned.weights, params.merge_iou, params.min_votes)
-    )
-    annotations: list[dict] = []
-    kept_images = []
-    for image in tqdm(coco["images"], desc="pseudo labels", unit="img"):
-        pred = chosen[Path(image["file_name"]).stem]
-        labels, kept = postprocess_image(pred, tuned.thresholds)
-        if not len(kept):
-            continue  # nothing confident: the image would only teach background
-        classes = pred.labels[kept]
-        annotations += labels_to_annotations(labels, image["id"], len(annotations) + 1, classes)
-        kept_images.append(image)
-    write_json(layout.coco_pseudo, {**coco, "images": kept_images, "annotations": annotations})
-    print(
-        f"pseudo: {len(annotations)} instances in {len(kept_images)} of {len(coco['images'])} "
-        f"unlabelled images ({', '.join(used)}) -> {layout.coco_pseudo}"
-    )
+from pipeline.core.coco import unlabelled_coco
+from pipeline.core.ensemble import merge_families
+from pipeline.core.errors import CellpipeError
+from pipeline.core.fileio import read_json, write_json
+from pipeline.core.postprocess import load_tuned, pseudo_coco
+from pipeline.runner import run_stage
 
 
 def main(cfg: Config, args: argparse.Namespace) -> None:
-    from pipeline.runner import run_stage
+    layout, params = cfg.layout, cfg.predict
 
-    layout = cfg.layout
+    def pseudo_label() -> None:
+        """Write `layout.coco_pseudo`: the kept instances of every unlabelled image."""
+        import torch
+
+        from pipeline.models.inference import device_for, inference_models, predict_images
+
+        if not layout.semi_images.is_dir():
+            raise CellpipeError(f"no unlabelled images: missing {layout.semi_images}")
+        categories = read_json(layout.coco_train)["categories"]
+        coco = unlabelled_coco(layout.semi_images, layout.data, categories)
+        category_ids = {c["name"]: c["id"] for c in categories}
+        tuned = load_tuned(layout.thresholds)
+        used = [f for f, w in tuned.weights.items() if w > 0]
+        device = device_for(params.device)
+        preds = {}
+        names = [c["name"] for c in categories]
+        with torch.inference_mode():
+            for family in used:
+                folds = [layout.finetune_model(family, k) for k in cfg.folds_trained]
+                models = inference_models(cfg, family, folds, names, device)
+                preds[family] = predict_images(
+                    models, coco["images"], cfg, category_ids, device, f"pseudo {family}"
+                )
+        chosen = merge_families(preds, tuned.weights, params.merge_iou, params.min_votes)
+        pseudo = pseudo_coco(coco, chosen, tuned.thresholds)
+        write_json(layout.coco_pseudo, pseudo)
+        print(
+            f"pseudo: {len(pseudo['annotations'])} instances in {len(pseudo['images'])} of "
+            f"{len(coco['images'])} unlabelled images ({', '.join(used)}) -> {layout.coco_pseudo}"
+        )
+
     inputs = [layout.coco_train, layout.thresholds, *cfg.image_folders("semi")]
     inputs += cfg.fold_models()
     run_stage(
@@ -82,7 +65,7 @@ def main(cfg: Config, args: argparse.Namespace) -> None:
         cfg,
         inputs=inputs,
         outputs=[layout.coco_pseudo],
-        params={"predict": cfg.predict, "scale": cfg.model.scale, "model": cfg.model},
-        body=lambda: pseudo_label(cfg),
+        params={"predict": params, "scale": cfg.model.scale, "model": cfg.model},
+        body=pseudo_label,
         force=args.force,
     )

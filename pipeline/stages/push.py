@@ -6,9 +6,8 @@ from __future__ import annotations
 import argparse
 
 from pipeline.config import Config
+from pipeline.kaggle.push import push
 
 
 def main(cfg: Config, args: argparse.Namespace) -> None:
-    from pipeline.kaggle.push import push
-
     push(cfg)

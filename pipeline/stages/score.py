@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
 
-from pipeline.config import Config, ScoreConfig
+from pipeline.config import Config
 from pipeline.core.errors import CellpipeError
+from pipeline.core.fileio import read_json, write_json
+from pipeline.core.ledger import make_entry, record
+from pipeline.core.provenance import config_hash
 from pipeline.runner import run_stage
 
 
@@ -37,139 +39,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def parse_folds(text: str) -> list[int]:
-    """`"0,2"` -> [0, 2]."""
-    try:
-        return sorted({int(part) for part in text.split(",") if part.strip()})
-    except ValueError:
-        raise CellpipeError(f"--folds {text!r}: expected comma-separated integers") from None
-
-
-def score_report(
-    submission: Path, truth: Path, params: ScoreConfig, folds_csv: Path, order: str
-) -> dict[str, Any]:
-    """Score a submission file; everything `cellpipe score` prints and saves."""
-    from tqdm import tqdm
-
-    from pipeline.core.coco import read_kaggle_csv
-    from pipeline.core.fileio import file_digest
-    from pipeline.core.glas import glas_rows, glas_summary
-    from pipeline.core.metrics import MatchTable, match_image_rows, submission_images
-    from pipeline.core.splits import images_in_folds
-    from pipeline.core.submission import read_submission
-
-    frame = read_submission(submission)
-    truth_frame = read_kaggle_csv(truth)
-    ids = images_in_folds(folds_csv, params.folds) if params.folds else None
-    try:
-        images, empty = submission_images(frame, truth_frame, ids)
-        matches = {
-            image.id: match_image_rows(image)
-            for image in tqdm(images, desc="score", unit="image", leave=False)
-        }
-    except CellpipeError as e:
-        raise CellpipeError(f"{submission}: {e}") from None
-    classes = {image.id: image.cell_type for image in images}
-    table = MatchTable.from_matches(matches, classes)
-    report: dict[str, Any] = {
-        "submission": str(submission),
-        "submission_sha256": file_digest(submission),
-        "truth": str(truth),
-        "truth_sha256": file_digest(truth),
-        "folds": params.folds,
-        "empty_predictions": empty,
-        "map_iou": table.summary(),
-        "per_image": [
-            {
-                "id": image_id,
-                "class": cls,
-                "score": float(score),
-                "tp": tp.tolist(),
-                "n_true": int(n_true),
-                "n_pred": int(n_pred),
-            }
-            for image_id, cls, score, tp, n_true, n_pred in zip(
-                table.ids, table.classes, table.image_scores, table.tp, table.n_true, table.n_pred
-            )
-        ],
-    }
-    if params.glas_metrics:
-        glas = {image.id: glas_rows(image, order) for image in tqdm(images, desc="GlaS")}
-        by_class = {
-            c: [glas[i] for i in table.ids if classes[i] == c] for c in set(classes.values())
-        }
-        report["glas"] = {
-            "overall": _pick(glas_summary(list(glas.values())), params.glas_metrics),
-            "per_class": {
-                c: _pick(glas_summary(v), params.glas_metrics) for c, v in sorted(by_class.items())
-            },
-        }
-    return report
-
-
-def _pick(values: dict[str, float], names: list[str]) -> dict[str, float]:
-    return {name: values[name] for name in names}
-
-
-def format_report(report: dict[str, Any]) -> str:
-    """The printed tables: overall, per class, per threshold."""
-    summary = report["map_iou"]
-    glas = report.get("glas", {})
-    folds = ",".join(map(str, report["folds"])) or "all"
-    lines = [
-        f"{report['submission']} vs {report['truth']} (folds {folds}): "
-        f"{summary['n_images']} images, {summary['n_true']} true / {summary['n_pred']} "
-        "predicted objects",
-    ]
-    if report["empty_predictions"]:
-        n, first = len(report["empty_predictions"]), report["empty_predictions"][0]
-        lines.append(f"{n} image(s) without prediction rows scored as empty, e.g. {first}")
-    names = list(glas.get("overall", {}))
-    lines.append("")
-    lines.append(f"{'class':<12}{'images':>7}{'MAP-IoU':>10}" + "".join(f"{n:>18}" for n in names))
-    counts: dict[str, int] = {}
-    for image in report["per_image"]:
-        counts[image["class"]] = counts.get(image["class"], 0) + 1
-    rows = [
-        (c, counts[c], s, glas.get("per_class", {}).get(c, {}))
-        for c, s in summary["per_class"].items()
-    ]
-    rows.append(("all", summary["n_images"], summary["score"], glas.get("overall", {})))
-    for name, n, score, extra in rows:
-        lines.append(
-            f"{name or '-':<12}{n:>7}{score:>10.4f}" + "".join(f"{extra[k]:>18.4f}" for k in names)
-        )
-    lines.append("")
-    lines.append(f"{'threshold':>9}{'score':>9}{'TP':>9}{'FP':>9}{'FN':>9}")
-    for t in summary["per_threshold"]:
-        lines.append(
-            f"{t['threshold']:>9.2f}{t['score']:>9.4f}{t['tp']:>9}{t['fp']:>9}{t['fn']:>9}"
-        )
-    return "\n".join(lines)
-
-
-def default_output(cfg: Config, submission: Path, folds: list[int]) -> Path:
-    suffix = f".folds{'-'.join(map(str, folds))}" if folds else ""
-    return cfg.layout.scores_dir / f"{submission.stem}{suffix}.json"
-
-
 def main(cfg: Config, args: argparse.Namespace) -> None:
-    from pipeline.core.fileio import read_json, write_json
-    from pipeline.core.ledger import make_entry, record
-    from pipeline.core.provenance import config_hash
+    # pandas, numba and scipy load only to score: `cellpipe score --help` stays fast
+    from pipeline.core.score_report import format_report, score_report
 
     params = cfg.score
     if args.folds is not None:
-        params = params.model_copy(update={"folds": parse_folds(args.folds)})
+        try:
+            folds = sorted({int(part) for part in args.folds.split(",") if part.strip()})
+        except ValueError:
+            raise CellpipeError(
+                f"--folds {args.folds!r}: expected comma-separated integers"
+            ) from None
+        params = params.model_copy(update={"folds": folds})
     truth = args.truth or cfg.layout.train_csv
-    output = args.output or default_output(cfg, args.submission, params.folds)
+    suffix = f".folds{'-'.join(map(str, params.folds))}" if params.folds else ""
+    output = args.output or cfg.layout.scores_dir / f"{args.submission.stem}{suffix}.json"
     inputs = [args.submission, truth] + ([cfg.layout.folds_csv] if params.folds else [])
-    order = cfg.convert.rle_order
 
     def body() -> None:
-        write_json(
-            output, score_report(args.submission, truth, params, cfg.layout.folds_csv, order)
+        report = score_report(
+            args.submission,
+            truth,
+            params.folds,
+            cfg.layout.folds_csv,
+            params.glas_metrics,
+            cfg.convert.rle_order,
         )
+        write_json(output, report)
 
     ran = run_stage(
         f"score-{output.stem}",
@@ -184,7 +81,7 @@ def main(cfg: Config, args: argparse.Namespace) -> None:
     print(format_report(report))
     print(f"wrote {output}")
     if args.overlays:
-        from pipeline.core.overlays import overlays_dir, report_overlays
+        from pipeline.core.overlays import overlays_dir, report_overlays  # PIL, skimage, pandas
 
         folders = [*cfg.image_folders("train"), *cfg.image_folders("test")]
         out = overlays_dir(output)

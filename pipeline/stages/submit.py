@@ -5,46 +5,38 @@ from __future__ import annotations
 import argparse
 
 from pipeline.config import Config
-
-
-def submit(cfg: Config) -> None:
-    """Validate the postprocessed test CSV and write it as the submission (and its copy)."""
-    import pandas as pd
-
-    from pipeline.core.errors import CellpipeError
-    from pipeline.core.submission import check_submission, image_shapes, write_submission
-
-    layout = cfg.layout
-    shapes = image_shapes(layout.test_images)
-    instances = check_submission(layout.postprocessed("test"), shapes)
-    if layout.sample_submission.is_file():  # rows in the sample's order, its ids all present
-        sample_ids = pd.read_csv(layout.sample_submission, dtype=str)["id"].drop_duplicates()
-        unknown = sorted(set(sample_ids) - set(shapes))
-        if unknown:
-            raise CellpipeError(
-                f"{layout.sample_submission} names {unknown[0]!r}, which is not "
-                f"in {layout.test_images}"
-            )
-        order = [*sample_ids, *sorted(set(shapes) - set(sample_ids))]
-        instances = {i: instances[i] for i in order}
-    for path in filter(None, (layout.submission, cfg.submit.copy_to)):
-        write_submission(path, instances)
-        print(
-            f"submit: {sum(map(len, instances.values()))} instances in {len(instances)} "
-            f"images -> {path}"
-        )
+from pipeline.core.submission import (
+    check_submission,
+    image_shapes,
+    sample_order,
+    write_submission,
+)
+from pipeline.runner import run_stage
 
 
 def main(cfg: Config, args: argparse.Namespace) -> None:
-    from pipeline.runner import run_stage
-
     layout = cfg.layout
+
+    def submit() -> None:
+        """Validate the postprocessed test CSV and write it as the submission (and its copy)."""
+        shapes = image_shapes(layout.test_images)
+        instances = check_submission(layout.postprocessed("test"), shapes)
+        if layout.sample_submission.is_file():  # rows in the sample's order, its ids all present
+            order = sample_order(layout.sample_submission, shapes, layout.test_images)
+            instances = {i: instances[i] for i in order}
+        for path in filter(None, (layout.submission, cfg.submit.copy_to)):
+            write_submission(path, instances)
+            print(
+                f"submit: {sum(map(len, instances.values()))} instances in {len(instances)} "
+                f"images -> {path}"
+            )
+
     run_stage(
         "submit",
         cfg,
         inputs=[layout.postprocessed("test")],
         outputs=[layout.submission],
         params=cfg.submit,
-        body=lambda: submit(cfg),
+        body=submit,
         force=args.force,
     )

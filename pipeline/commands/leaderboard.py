@@ -16,8 +16,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
 from pipeline.config import Config
 from pipeline.core.errors import CellpipeError
+from pipeline.core.fileio import atomic_path
 from pipeline.core.ledger import (
     Entry,
     apply_kaggle_scores,
@@ -25,6 +30,8 @@ from pipeline.core.ledger import (
     read_ledger,
     write_ledger,
 )
+from pipeline.core.metrics import IOU_THRESHOLDS
+from pipeline.kaggle.client import kaggle_api, kaggle_call
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,8 +42,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def fetch_kaggle_submissions(competition: str) -> list[Any]:
     """This account's submissions to a competition (the kaggle client; needs network)."""
-    from pipeline.kaggle.client import kaggle_api, kaggle_call
-
     what = f"cannot list Kaggle submissions for {competition}"
     try:
         api = kaggle_api()
@@ -49,15 +54,6 @@ def fetch_kaggle_submissions(competition: str) -> list[Any]:
 
 def write_plots(entries: Sequence[Entry], folder: Path, top: int) -> list[Path]:
     """Per-threshold curves and per-class bars of the best `top` entries, as PNG files."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    from pipeline.core.fileio import atomic_path
-    from pipeline.core.metrics import THRESHOLDS
-
     best = leaderboard_table(entries)["key"].head(top).tolist()
     chosen = [next(e for e in entries if e["key"] == k) for k in best]
     labels = [
@@ -68,17 +64,19 @@ def write_plots(entries: Sequence[Entry], folder: Path, top: int) -> list[Path]:
     ]
     paths = []
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.subplots()
     for entry, label in zip(chosen, labels):
-        if len(entry.get("per_threshold", [])) == len(THRESHOLDS):
-            ax.plot(THRESHOLDS, entry["per_threshold"], marker="o", label=label)
+        if len(entry.get("per_threshold", [])) == len(IOU_THRESHOLDS):
+            ax.plot(IOU_THRESHOLDS, entry["per_threshold"], marker="o", label=label)
     ax.set(xlabel="IoU threshold", ylabel="TP / (TP + FP + FN)", title="Score per threshold")
     ax.grid(alpha=0.3)
     if chosen:
         ax.legend(fontsize=7)
     paths.append(folder / "per_threshold.png")
 
-    fig2, ax2 = plt.subplots(figsize=(7, 4.5))
+    fig2 = Figure(figsize=(7, 4.5))
+    ax2 = fig2.subplots()
     classes = sorted({c for e in chosen for c in e.get("per_class", {})})
     width = 0.8 / max(len(chosen), 1)
     for k, (entry, label) in enumerate(zip(chosen, labels)):
@@ -94,7 +92,6 @@ def write_plots(entries: Sequence[Entry], folder: Path, top: int) -> list[Path]:
         figure.tight_layout()
         with atomic_path(path) as tmp:
             figure.savefig(tmp, format="png", dpi=100)
-        plt.close(figure)
     return paths
 
 
@@ -114,7 +111,6 @@ def main(cfg: Config, args: argparse.Namespace) -> None:
     if not entries:
         print(f"leaderboard: {params.ledger} has no entry yet (run `cellpipe score` first)")
         return
-    import pandas as pd
 
     with pd.option_context("display.width", 200, "display.max_columns", 30):
         print(leaderboard_table(entries).to_string(float_format="{:.4f}".format, na_rep="-"))

@@ -13,6 +13,8 @@ import argparse
 from pathlib import Path
 
 from pipeline.config import Config
+from pipeline.core.errors import CellpipeError
+from pipeline.core.fileio import atomic_path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -48,8 +50,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(cfg: Config, args: argparse.Namespace) -> None:
     import torch
 
-    from pipeline.core.errors import CellpipeError
-    from pipeline.core.fileio import atomic_path
     from pipeline.models import build_model
     from pipeline.models.checkpoints import (
         foreign_state,

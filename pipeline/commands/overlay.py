@@ -13,6 +13,9 @@ import argparse
 from pathlib import Path
 
 from pipeline.config import Config
+from pipeline.core.errors import CellpipeError
+from pipeline.core.fileio import read_json
+from pipeline.core.overlays import overlays_dir, report_overlays
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,10 +25,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(cfg: Config, args: argparse.Namespace) -> None:
-    from pipeline.core.errors import CellpipeError
-    from pipeline.core.fileio import read_json
-    from pipeline.core.overlays import overlays_dir, report_overlays
-
     if not args.report.is_file():
         raise CellpipeError(f"missing score report {args.report} (run cellpipe score first)")
     folders = [*cfg.image_folders("train"), *cfg.image_folders("test")]

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from pipeline.config import Config
+from pipeline.core.submission import check_submission, image_shapes
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -19,8 +20,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(cfg: Config, args: argparse.Namespace) -> None:
-    from pipeline.core.submission import check_submission, image_shapes
-
     instances = check_submission(args.csv, image_shapes(args.images or cfg.layout.test_images))
     n = sum(len(v) for v in instances.values())
     print(f"{args.csv}: valid, {n} instances in {len(instances)} images")
