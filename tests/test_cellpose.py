@@ -13,10 +13,16 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from pipeline.cli import main as cellpipe
+from pipeline.config import load_config
 from pipeline.core import pretrained
+from pipeline.core.errors import CellpipeError
 from pipeline.core.packages import Package
+from pipeline.models import build_model
+from pipeline.models.cellpose import CellposeModel
+from pipeline.models.checkpoints import load_weights
 
 SDIST_ROOT = "scellseg-0.1.8"
 WEIGHTS_MEMBER = "scellseg/assets/pretrained_models/cellpose"
@@ -121,3 +127,164 @@ def test_fetch_errors_are_one_line(tmp_path, capsys):
     one_line(
         capsys.readouterr().err, "pip download scellseg==0.1.8 failed: No matching distribution"
     )
+
+
+# --- the network against cellpose's, written here from its description ----------------------
+
+
+def cellpose_state(nbase: list[int], seed: int = 0, diam_mean: float = 30.0) -> dict:
+    """Random tensors under every name and shape of cellpose 3.x's CPnet(nbase, nout=3, sz=3):
+    `batchconv` = BN (.0), ReLU, conv (.2); `batchconv0` = BN (.0), 1x1 conv (.1)."""
+    g = torch.Generator().manual_seed(seed)
+    state: dict[str, torch.Tensor] = {}
+
+    def norm(prefix: str, c: int) -> None:
+        state[f"{prefix}.weight"] = 1 + 0.2 * torch.randn(c, generator=g)
+        state[f"{prefix}.bias"] = 0.2 * torch.randn(c, generator=g)
+        state[f"{prefix}.running_mean"] = 0.2 * torch.randn(c, generator=g)
+        state[f"{prefix}.running_var"] = 0.5 + torch.rand(c, generator=g)
+        state[f"{prefix}.num_batches_tracked"] = torch.tensor(7)
+
+    def conv(prefix: str, c_in: int, c_out: int, size: int) -> None:
+        scale = (c_in * size * size) ** -0.5
+        state[f"{prefix}.weight"] = scale * torch.randn(c_out, c_in, size, size, generator=g)
+        state[f"{prefix}.bias"] = 0.1 * torch.randn(c_out, generator=g)
+
+    def batchconv(prefix: str, c_in: int, c_out: int, size: int = 3) -> None:
+        norm(f"{prefix}.0", c_in)
+        conv(f"{prefix}.2", c_in, c_out, size)
+
+    def batchconv0(prefix: str, c_in: int, c_out: int) -> None:
+        norm(f"{prefix}.0", c_in)
+        conv(f"{prefix}.1", c_in, c_out, 1)
+
+    for n in range(len(nbase) - 1):
+        p = f"downsample.down.res_down_{n}"
+        batchconv0(f"{p}.proj", nbase[n], nbase[n + 1])
+        for t in range(4):
+            batchconv(f"{p}.conv.conv_{t}", nbase[n] if t == 0 else nbase[n + 1], nbase[n + 1])
+    up = [*nbase[1:], nbase[-1]]
+    for n in range(1, len(up)):
+        p = f"upsample.up.res_up_{n - 1}"
+        batchconv(f"{p}.conv.conv_0", up[n], up[n - 1])
+        for t in (1, 2, 3):
+            batchconv(f"{p}.conv.conv_{t}.conv", up[n - 1], up[n - 1])
+            state[f"{p}.conv.conv_{t}.full.weight"] = 0.3 * torch.randn(
+                up[n - 1], nbase[-1], generator=g
+            )
+            state[f"{p}.conv.conv_{t}.full.bias"] = 0.1 * torch.randn(up[n - 1], generator=g)
+        batchconv0(f"{p}.proj", up[n], up[n - 1])
+    batchconv("output", up[0], 3, 1)
+    state["diam_mean"] = torch.tensor([diam_mean])
+    state["diam_labels"] = torch.tensor([diam_mean])
+    return state
+
+
+def cellpose_forward(state: dict, x: torch.Tensor) -> torch.Tensor:
+    """cellpose's CPnet forward (eval mode) computed from its state dict alone."""
+
+    def bn(prefix: str, x: torch.Tensor) -> torch.Tensor:
+        s = {k: state[f"{prefix}.{k}"] for k in ("running_mean", "running_var", "weight", "bias")}
+        return F.batch_norm(
+            x, s["running_mean"], s["running_var"], s["weight"], s["bias"], eps=1e-5
+        )
+
+    def batchconv(prefix: str, x: torch.Tensor) -> torch.Tensor:
+        w = state[f"{prefix}.2.weight"]
+        return F.conv2d(
+            F.relu(bn(f"{prefix}.0", x)), w, state[f"{prefix}.2.bias"], padding=w.shape[-1] // 2
+        )
+
+    def batchconv0(prefix: str, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(
+            bn(f"{prefix}.0", x), state[f"{prefix}.1.weight"], state[f"{prefix}.1.bias"]
+        )
+
+    def batchconvstyle(prefix: str, style, x, y=None):
+        if y is not None:
+            x = x + y
+        feat = F.linear(style, state[f"{prefix}.full.weight"], state[f"{prefix}.full.bias"])
+        return batchconv(f"{prefix}.conv", x + feat[:, :, None, None])
+
+    def resup(prefix: str, x, y, style):
+        c = f"{prefix}.conv.conv_"
+        x = batchconv0(f"{prefix}.proj", x) + batchconvstyle(
+            f"{c}1", style, batchconv(f"{c}0", x), y
+        )
+        return x + batchconvstyle(f"{c}3", style, batchconvstyle(f"{c}2", style, x))
+
+    n_down = len({k.split(".")[2] for k in state if k.startswith("downsample.")})
+    xd = []
+    for n in range(n_down):
+        p = f"downsample.down.res_down_{n}"
+        y = x if n == 0 else F.max_pool2d(xd[-1], 2, 2)
+        y = batchconv0(f"{p}.proj", y) + batchconv(
+            f"{p}.conv.conv_1", batchconv(f"{p}.conv.conv_0", y)
+        )
+        xd.append(y + batchconv(f"{p}.conv.conv_3", batchconv(f"{p}.conv.conv_2", y)))
+    style = F.avg_pool2d(xd[-1], kernel_size=xd[-1].shape[-2:]).flatten(1)
+    style = style / torch.sum(style**2, dim=1, keepdim=True) ** 0.5
+    x = resup(f"upsample.up.res_up_{n_down - 1}", xd[-1], xd[-1], style)
+    for n in range(n_down - 2, -1, -1):
+        x = resup(
+            f"upsample.up.res_up_{n}",
+            F.interpolate(x, scale_factor=2, mode="nearest"),
+            xd[n],
+            style,
+        )
+    return batchconv("output", x)
+
+
+def scellseg_state(state: dict) -> dict:
+    """cellpose's state dict as scellseg 0.1.8 stores it."""
+    out = {}
+    for name, tensor in state.items():
+        if name.startswith("output.0."):
+            out[f"tasker.base_bn.{name[len('output.0.') :]}"] = tensor
+        elif name.startswith("output.2."):
+            out[f"tasker.base_conv.{name[len('output.2.') :]}"] = tensor
+        elif not name.startswith("diam_"):
+            out[f"extractor.{name}"] = tensor
+    return out
+
+
+TINY_NET = ["model.family=cellpose", "model.cellpose.channels=[4,8,16]"]
+
+
+def tiny_model(classes=("cell",), *overrides: str) -> CellposeModel:
+    cfg = load_config(overrides=[*TINY_NET, *overrides]).model
+    return build_model(cfg, list(classes)).eval()
+
+
+@pytest.mark.parametrize("layout", ["cellpose", "scellseg"])
+def test_cellpose_files_load_and_compute_cellpose_outputs(tmp_path, layout):
+    state = cellpose_state([2, 4, 8, 16])
+    stored = state if layout == "cellpose" else scellseg_state(state)
+    torch.save(stored, tmp_path / "weights")
+    model = tiny_model(("a", "b"))
+    summary = load_weights(model, tmp_path / "weights")
+    own = len(model.state_dict())
+    loaded = len(stored)  # every tensor of the file; new: the class head (and scellseg's diameters)
+    assert summary.endswith(f"{loaded} of {own} tensors")
+    assert own - loaded == (2 if layout == "cellpose" else 4)
+    x = torch.randn(2, 2, 24, 40)
+    with torch.no_grad():
+        ours = model.net(x)
+    want = cellpose_forward(state, x)
+    assert ours.shape == (2, 3 + 2, 24, 40)
+    torch.testing.assert_close(ours[:, :3], want, atol=1e-4, rtol=1e-4)
+
+
+def test_weights_made_at_another_diameter_name_the_override(tmp_path):
+    torch.save(cellpose_state([2, 4, 8, 16], diam_mean=17.0), tmp_path / "nuclei")
+    with pytest.raises(CellpipeError, match=r"need model\.cellpose\.diam_mean=17"):
+        load_weights(tiny_model(), tmp_path / "nuclei")
+    model = tiny_model(("cell",), "model.cellpose.diam_mean=17")
+    assert "of" in load_weights(model, tmp_path / "nuclei")
+    assert model.net.diam_mean.item() == 17
+
+
+def test_other_weights_are_refused(tmp_path):
+    torch.save({"backbone.body.conv1.weight": torch.zeros(3)}, tmp_path / "other.pth")
+    with pytest.raises(CellpipeError, match="no tensor in .* matches the cellpose model"):
+        load_weights(tiny_model(), tmp_path / "other.pth")
