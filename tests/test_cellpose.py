@@ -4,25 +4,44 @@ prediction and zero-shot use."""
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
+import json
 import subprocess
 import sys
 import tarfile
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
+from torch import nn
 
 from pipeline.cli import main as cellpipe
 from pipeline.config import load_config
 from pipeline.core import pretrained
 from pipeline.core.errors import CellpipeError
+from pipeline.core.flows import FLOW_SCALE, label_flows
+from pipeline.core.instances import instance_boxes_and_crops, median_diameter
+from pipeline.core.metrics import map_iou
 from pipeline.core.packages import Package
+from pipeline.core.postprocess import Thresholds, postprocess_image
+from pipeline.core.predictions import load_predictions
 from pipeline.models import build_model
-from pipeline.models.cellpose import CellposeModel
-from pipeline.models.checkpoints import load_weights
+from pipeline.models.base import Instances
+from pipeline.models.cellpose import (
+    CellposeModel,
+    cellpose_input,
+    edge_taper,
+    tile_starts,
+    tiled_maps,
+)
+from pipeline.models.checkpoints import load_weights, read_checkpoint
+from pipeline.models.flow_maps import FlowEnsemble, maps_to_predictions, mean_maps
 
 SDIST_ROOT = "scellseg-0.1.8"
 WEIGHTS_MEMBER = "scellseg/assets/pretrained_models/cellpose"
@@ -288,3 +307,246 @@ def test_other_weights_are_refused(tmp_path):
     torch.save({"backbone.body.conv1.weight": torch.zeros(3)}, tmp_path / "other.pth")
     with pytest.raises(CellpipeError, match="no tensor in .* matches the cellpose model"):
         load_weights(tiny_model(), tmp_path / "other.pth")
+
+
+# --- preprocessing, sizes, tiles ------------------------------------------------------------
+
+
+def discs(shape, centres, radius):
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    labels = np.zeros(shape, np.int32)
+    for k, (cy, cx) in enumerate(centres, start=1):
+        labels[(yy - cy) ** 2 + (xx - cx) ** 2 <= radius**2] = k
+    return labels
+
+
+class IdealCPNet(nn.Module):
+    """What a perfect CPnet outputs for bright discs on a dark image, at whatever size the image
+    comes: (dy, dx) as FLOW_SCALE x the heat flows of each bright component, cell logits +-6,
+    the one class's logit; it records the sizes it was shown."""
+
+    stride = 8
+
+    def __init__(self, sure: float = 6.0):
+        super().__init__()
+        self.register_buffer("diam_labels", torch.tensor([30.0]))
+        self.register_buffer("sure", torch.tensor(sure))  # the cell logits' size
+        self.seen: list[tuple[int, int]] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = []
+        for image in x[:, 0].float().numpy():
+            self.seen.append(image.shape)
+            cells, _ = ndimage.label(image > 0.5)
+            sure = self.sure.item()
+            logits = np.where(cells > 0, sure, -sure)[None]
+            out.append(np.concatenate([FLOW_SCALE * label_flows(cells), logits, logits]))
+        return torch.from_numpy(np.stack(out).astype(np.float32))
+
+
+def ideal_model(*overrides: str, sure: float = 6.0) -> CellposeModel:
+    model = tiny_model(("cell",), "model.cellpose.tile=0", "model.cellpose.min_size=1", *overrides)
+    model.net = IdealCPNet(sure)
+    return model
+
+
+def disc_image(labels: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.where(labels > 0, 0.9, 0.1).astype(np.float32))[None]
+
+
+def test_test_images_are_sized_so_cells_are_diam_mean_wide():
+    labels = discs((64, 80), [(16, 16), (16, 50), (46, 30)], 7)  # diameter about 15 px
+    image = disc_image(labels)
+    diameter = 2 * np.sqrt((labels == 1).sum() / np.pi)
+    model = ideal_model()
+    scale = CellposeModel.image_scale([model], image, 1.0)
+    assert scale == pytest.approx(30 / diameter, rel=0.05)  # first pass at 1.0 (diam_labels 30)
+    assert CellposeModel.image_scale([model], image, 0.5) == pytest.approx(scale / 2, rel=0.05)
+    assert CellposeModel.image_scale([model], torch.zeros(1, 32, 32), 1.0) == 1.0  # no cell
+    by_labels = ideal_model("model.cellpose.size=labels")
+    by_labels.set_training_diameter(15.0)
+    assert CellposeModel.image_scale([by_labels], image, 1.0) == 2.0  # 30 / 15, no first pass
+    small = ideal_model("model.cellpose.diam_mean=300")
+    assert CellposeModel.image_scale([small], image, 1.0) == 2.5  # within zoom_range
+    none = ideal_model("model.cellpose.size=none")
+    assert CellposeModel.image_scale([none], image, 0.8) == 0.8
+    model.net.seen.clear()
+    (pred,) = model.predict([image])
+    assert pred.shape == (64, 80)
+    seen = tuple(-(-int(n * scale) // 8) * 8 for n in (64, 80))  # resized, padded to 8
+    assert model.net.seen[-1] == seen
+    thresholds = Thresholds(default=model.cfg.thresholds.to_core())
+    assert map_iou(labels, postprocess_image(pred, thresholds)[0]) > 0.8
+
+
+def test_input_is_percentile_normalised_grey_and_a_zero_channel():
+    rgb = torch.rand(3, 20, 30) * 0.2 + 0.4
+    x = cellpose_input(rgb[None])
+    assert x.shape == (1, 2, 20, 30) and not x[0, 1].any()
+    grey = rgb.mean(0).flatten()
+    assert torch.quantile(x[0, 0].flatten(), 0.01) == pytest.approx(0, abs=1e-5)
+    assert torch.quantile(x[0, 0].flatten(), 0.99) == pytest.approx(1, abs=1e-5)
+    assert torch.corrcoef(torch.stack([x[0, 0].flatten(), grey]))[0, 1] > 0.999
+
+
+class PointNet(nn.Module):
+    """A per-pixel network (a 1x1 convolution): tiles blended must give its whole-image maps."""
+
+    stride = 8
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+@pytest.mark.parametrize("tile, overlap", [(32, 0.1), (48, 0.25), (64, 0.5)])
+def test_tiles_cover_the_image_and_blend_back(tile, overlap):
+    for length in (20, 32, 33, 100, 257):
+        starts = tile_starts(length, tile, overlap)
+        size = min(tile, length)
+        assert starts[0] == 0 and starts[-1] + size == length
+        assert all(b - a <= size * (1 - overlap) for a, b in zip(starts, starts[1:]))
+    torch.manual_seed(0)
+    net = PointNet()
+    x = torch.randn(1, 2, 100, 70)
+    with torch.no_grad():
+        whole = tiled_maps(net, x, 0, overlap)
+        tiled = tiled_maps(net, x, tile, overlap)
+    torch.testing.assert_close(tiled, whole, atol=1e-5, rtol=1e-5)
+    assert (edge_taper(tile, overlap) > 0).all() and edge_taper(tile, overlap).max() == 1
+
+
+def test_pretrained_maps_with_tiles_stay_close_to_whole_image_maps():
+    torch.manual_seed(0)
+    model = tiny_model(("cell",), "model.cellpose.tile=32", "model.cellpose.amp=false")
+    labels = discs((70, 90), [(20, 20), (20, 60), (50, 35)], 9)
+    image = disc_image(labels)
+    tiled = model.image_maps(image, 1.0)
+    model.cfg = model.cfg.model_copy(update={"tile": 0})
+    whole = model.image_maps(image, 1.0)
+    assert tiled.shape == whole.shape == (4, 70, 90)
+    assert torch.corrcoef(torch.stack([tiled.flatten(), whole.flatten()]))[0, 1] > 0.8
+
+
+# --- training, ensembles, zero-shot through the stages ---------------------------------------
+
+
+def cell_instances(labels, classes):
+    _, boxes, crops = instance_boxes_and_crops(labels)
+    return Instances(labels.shape, np.asarray(boxes, np.int64), np.asarray(classes), crops)
+
+
+def test_a_pretrained_start_learns_an_image_with_its_classes(tmp_path):
+    torch.manual_seed(0)
+    torch.save(cellpose_state([2, 4, 8, 16]), tmp_path / "cellpose")
+    labels = discs((48, 64), [(14, 14), (14, 44), (36, 26)], 9)
+    image = disc_image(labels)
+    image[0][torch.from_numpy(labels == 2)] = 0.6  # class b: dimmer cells
+    model = tiny_model(("a", "b"), "model.cellpose.tile=0", "model.cellpose.size=none")
+    load_weights(model, tmp_path / "cellpose")
+    targets = CellposeModel.target_maker(model.cfg)(cell_instances(labels, [1, 2, 1]))
+    optimizer = torch.optim.Adam(model.parameters(), 1e-2)
+    model.train()
+    first = None
+    for _ in range(150):  # batch norm's running statistics (momentum 0.05) follow by then
+        losses = model([image], [targets])
+        loss = sum(losses.values())
+        first = first if first is not None else loss.item()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert set(losses) == {"loss_cellprob", "loss_flows", "loss_classes"}
+    assert loss.item() < first / 3
+    model.eval()
+    (pred,) = model.predict([image])
+    painted, kept = postprocess_image(pred, Thresholds(default=model.cfg.thresholds.to_core()))
+    assert map_iou(labels, painted) > 0.5
+    assert sorted(pred.labels[kept].tolist()) == [1, 1, 2]
+
+
+def test_fold_models_average_their_maps_and_equal_ones_count_once():
+    folds = [ideal_model(sure=sure) for sure in (6.0, 0.5)]
+    twin = copy.deepcopy(folds[0])
+    assert CellposeModel.combine([folds[0], twin]) == [folds[0]]  # zero-shot folds: one model
+    (ensemble,) = CellposeModel.combine([folds[0], twin, folds[1]])
+    assert isinstance(ensemble, FlowEnsemble) and len(ensemble.members) == 2
+    labels = discs((48, 64), [(14, 14), (14, 44), (36, 26)], 9)
+    image = disc_image(labels)
+    scale = CellposeModel.image_scale(folds, image, 1.0)  # one first pass of the mean maps
+    mean = mean_maps(folds, image, scale, ["none"])
+    (got,) = ensemble.predict([image])
+    want = maps_to_predictions(mean, folds[0].cfg)
+    assert len(got) == len(want) == 3
+    np.testing.assert_array_equal(got.boxes, want.boxes)
+    np.testing.assert_allclose(got.scores, want.scores, atol=1e-5)
+    alone = maps_to_predictions(mean_maps(folds[:1], image, scale, ["none"]), folds[0].cfg)
+    assert (got.scores < alone.scores - 0.02).all()  # the unsure member pulls the mean down
+    with pytest.raises(CellpipeError, match="cellpose models of one ensemble need one config"):
+        CellposeModel.combine([folds[0], tiny_model(("a", "b"))])
+
+
+CHAIN = [
+    "prepare.synthetic.train_images_per_type=2",
+    "prepare.synthetic.samples_per_type=2",
+    "prepare.synthetic.test_images=2",
+    "prepare.synthetic.semi_supervised_images=1",
+    "prepare.synthetic.height=96",
+    "prepare.synthetic.width=128",
+    "convert.livecell=false",
+    "folds.n_folds=2",
+    *TINY_NET,
+    "finetune.solver.eval_period=0",
+    "finetune.solver.num_workers=0",
+    "finetune.augment.crop=[64,64]",
+    "predict.models=[cellpose]",
+    "predict.tta=[none]",
+]
+
+
+@pytest.fixture(scope="module")
+def zero_shot(tmp_path_factory) -> tuple[Path, dict]:
+    """Tiny synthetic data, and cellpose 'trained' for 0 iterations from a cellpose file."""
+    work = tmp_path_factory.mktemp("zero-shot")
+    state = cellpose_state([2, 4, 8, 16], seed=3)
+    torch.save(state, work / "cellpose.pth")
+    settings = [f"work_dir={work}", f"finetune.init={work / 'cellpose.pth'}", *CHAIN]
+    for command in ("prepare", "convert", "folds", "finetune", "predict"):
+        assert cellpipe([command, *settings, "finetune.solver.max_iter=0"]) == 0, command
+    return work, state
+
+
+def test_zero_shot_folds_hold_the_pretrained_weights_and_the_labels_diameter(zero_shot):
+    work, state = zero_shot
+    coco = json.loads((work / "coco" / "train.json").read_text())
+    folds = pd.read_csv(work / "folds.csv")
+    for k in (0, 1):
+        saved = read_checkpoint(work / "finetune" / "cellpose" / f"fold{k}" / "model_best.pth")
+        assert saved["iteration"] == 0
+        weights = saved["model"]
+        for name, tensor in state.items():
+            if not name.startswith("diam_"):
+                assert torch.equal(weights[f"net.{name}"], tensor), name
+        names = set(folds.loc[folds["fold"] != k, "id"])
+        ids = {im["id"] for im in coco["images"] if Path(im["file_name"]).stem in names}
+        per_image = [
+            median_diameter(
+                np.array([a["area"] for a in coco["annotations"] if a["image_id"] == i])
+            )
+            for i in ids
+        ]
+        assert weights["net.diam_labels"].item() == pytest.approx(np.median(per_image))
+    for split in ("oof", "test"):
+        assert len(load_predictions(work / "predictions" / "cellpose" / f"{split}.npz")) > 0
+
+
+def test_fine_tuning_moves_away_from_the_pretrained_start(zero_shot):
+    work, state = zero_shot
+    settings = [f"work_dir={work}", f"finetune.init={work / 'cellpose.pth'}", *CHAIN]
+    tuned = [*settings, "finetune.solver.max_iter=2", "finetune.folds=[0]"]
+    assert cellpipe(["finetune", *tuned]) == 0
+    weights = read_checkpoint(work / "finetune" / "cellpose" / "fold0" / "model_best.pth")["model"]
+    name = "downsample.down.res_down_0.conv.conv_1.2.weight"
+    assert not torch.equal(weights[f"net.{name}"], state[name])

@@ -190,7 +190,8 @@ def tile_starts(length: int, tile: int, overlap: float) -> list[int]:
     neighbours share at least `overlap` of a tile."""
     if length <= tile:
         return [0]
-    count = math.ceil((length - tile) / (tile * (1 - overlap))) + 1
+    longest_step = max(1, math.floor(tile * (1 - overlap)))
+    count = math.ceil((length - tile) / longest_step) + 1
     return np.linspace(0, length - tile, count).round().astype(int).tolist()
 
 
@@ -198,7 +199,7 @@ def edge_taper(length: int, overlap: float) -> torch.Tensor:
     """(length,) weights rising linearly from the tile's ends to 1 over its overlap width."""
     ramp = max(1, round(length * overlap))
     index = torch.arange(length)
-    return ((torch.minimum(index, length - 1 - index) + 1) / (ramp + 1)).clamp(max=1)
+    return ((torch.minimum(index, length - 1 - index) + 1) / ramp).clamp(max=1)
 
 
 def run_net(net: CPNet, x: torch.Tensor) -> torch.Tensor:
