@@ -31,7 +31,7 @@ COMMANDS = {
     "kernels": "offline Kaggle bundle, inference and training notebooks",
     "push": "upload the bundle and kernels to Kaggle, submit the inference",
     "models": "the registered model families",
-    "import-weights": "detectron2 / LIVECell / torchvision weights -> an `init` file for maskrcnn",
+    "import-weights": "detectron2 / LIVECell / torchvision / cellpose weights -> an `init` file",
     "fetch-weights": "pretrained weights that packages on the index ship -> a cached `init` file",
 }
 

@@ -303,6 +303,24 @@ def test_weights_made_at_another_diameter_name_the_override(tmp_path):
     assert model.net.diam_mean.item() == 17
 
 
+def test_import_weights_knows_cellpose_files(tmp_path, capsys):
+    state = cellpose_state([2, 4, 8, 16], diam_mean=17.0)
+    torch.save(scellseg_state(state) | {"diam_mean": state["diam_mean"]}, tmp_path / "nuclei")
+    dest = tmp_path / "init.pth"
+    assert cellpipe(["import-weights", str(tmp_path / "nuclei"), str(dest), *TINY_NET]) == 0
+    out = capsys.readouterr().out
+    assert "weights from" in out and "model.cellpose.diam_mean=17" in out
+    with pytest.raises(CellpipeError, match=r"needs model\.cellpose\.diam_mean=17"):
+        load_weights(tiny_model(), dest)
+    model = tiny_model(("cell",), "model.cellpose.diam_mean=17")
+    load_weights(model, dest)
+    x = torch.randn(1, 2, 16, 24)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            model.net(x)[:, :3], cellpose_forward(state, x), atol=1e-4, rtol=1e-4
+        )
+
+
 def test_other_weights_are_refused(tmp_path):
     torch.save({"backbone.body.conv1.weight": torch.zeros(3)}, tmp_path / "other.pth")
     with pytest.raises(CellpipeError, match="no tensor in .* matches the cellpose model"):
