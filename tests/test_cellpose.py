@@ -493,7 +493,8 @@ def test_fold_models_average_their_maps_and_equal_ones_count_once():
     assert isinstance(ensemble, FlowEnsemble) and len(ensemble.members) == 2
     labels = discs((48, 64), [(14, 14), (14, 44), (36, 26)], 9)
     image = disc_image(labels)
-    scale = CellposeModel.image_scale(folds, image, 1.0)  # one first pass of the mean maps
+    scale = CellposeModel.image_scale(folds, image, 1.0)  # a first pass of the first fold
+    assert len(folds[0].net.seen) == 1 and not folds[1].net.seen
     mean = mean_maps(folds, image, scale, ["none"])
     (got,) = ensemble.predict([image])
     want = maps_to_predictions(mean, folds[0].cfg)

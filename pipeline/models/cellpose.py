@@ -294,8 +294,8 @@ class CellposeModel(FlowFamily):
     @classmethod
     def image_scale(cls, models: Sequence[FlowFamily], image: torch.Tensor, scale: float) -> float:
         """`scale` times the zoom that makes the cells `diam_mean` wide: judged by the training
-        labels' median diameter, then (`first_pass`) by the masks a first pass at that size
-        finds; within `zoom_range`."""
+        labels' median diameter, then (`first_pass`) by the masks that a first pass at that size
+        finds (one view, the first model: fold models agree on sizes); within `zoom_range`."""
         cfg: CellposeConfig = models[0].cfg
         if cfg.size == "none":
             return scale
@@ -304,7 +304,7 @@ class CellposeModel(FlowFamily):
         first = scale * float(np.clip(cfg.diam_mean / labels_diameter, low, high))
         if cfg.size == "labels":
             return first
-        found = maps_labels(mean_maps(models, image, first, ["none"]), cfg)
+        found = maps_labels(mean_maps(models[:1], image, first, ["none"]), cfg)
         areas = np.bincount(found.ravel())[1:]
         diameter = median_diameter(areas[areas > 0])
         if diameter <= 0:
