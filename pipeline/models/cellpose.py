@@ -213,11 +213,11 @@ def run_net(net: CPNet, x: torch.Tensor) -> torch.Tensor:
 
 
 def tiled_maps(net: CPNet, x: torch.Tensor, tile: int, overlap: float) -> torch.Tensor:
-    """Maps (3 + C, H, W) of one input (1, 2, H, W): the network on overlapping tiles of `tile`
-    px (the whole input when 0 or no larger), blended by `edge_taper` weights."""
+    """float32 maps (3 + C, H, W) of one input (1, 2, H, W): the network on overlapping tiles of
+    `tile` px (the whole input when 0 or no larger), blended by `edge_taper` weights."""
     height, width = x.shape[-2:]
     if not tile or (height <= tile and width <= tile):
-        return run_net(net, x)[0]
+        return run_net(net, x)[0].float()
     th, tw = min(tile, height), min(tile, width)
     rows, cols = tile_starts(height, th, overlap), tile_starts(width, tw, overlap)
     corners = [(y, z) for y in rows for z in cols]
@@ -289,7 +289,7 @@ class CellposeModel(FlowFamily):
         if maps.shape[-2:] != (height, width):
             maps = F.interpolate(maps[None], (height, width), mode="bilinear")[0]
             maps[1:3] /= scale  # flows in the image's own pixels
-        return maps.float()
+        return maps
 
     @classmethod
     def image_scale(cls, models: Sequence[FlowFamily], image: torch.Tensor, scale: float) -> float:
@@ -300,7 +300,7 @@ class CellposeModel(FlowFamily):
         if cfg.size == "none":
             return scale
         low, high = cfg.zoom_range
-        labels_diameter = float(np.mean([m.net.diam_labels.item() for m in models]))
+        labels_diameter = models[0].net.diam_labels.item()
         first = scale * float(np.clip(cfg.diam_mean / labels_diameter, low, high))
         if cfg.size == "labels":
             return first
