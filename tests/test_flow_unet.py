@@ -14,13 +14,8 @@ from pipeline.core.metrics import map_iou
 from pipeline.core.postprocess import ClassThresholds, Thresholds, postprocess_image
 from pipeline.models import build_model
 from pipeline.models.base import Instances
-from pipeline.models.flow_unet import (
-    FlowUNetModel,
-    flow_targets,
-    image_maps,
-    maps_to_predictions,
-    unview_maps,
-)
+from pipeline.models.flow_maps import flow_targets, maps_to_predictions, unview_maps
+from pipeline.models.flow_unet import FlowUNetModel
 from pipeline.models.inference import view_tensor
 
 
@@ -133,7 +128,7 @@ def test_fold_models_combine_into_one_that_averages_their_maps():
     assert FlowUNetModel.combine(folds[:1]) == folds[:1]
     (ensemble,) = FlowUNetModel.combine(folds)
     image = torch.rand(1, 30, 44)
-    maps = [image_maps(model.net, image) for model in folds]
+    maps = [model.image_maps(image, 1.0) for model in folds]
     assert not torch.allclose(maps[0], maps[1])
     mean = ((maps[0] + maps[1]) / 2).numpy()
     (got,) = ensemble.predict([image])

@@ -118,3 +118,11 @@ def instance_boxes_and_crops(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray
     ids, boxes = instance_boxes(labels)
     crops = [labels[y0:y1, x0:x1] == k for k, (x0, y0, x1, y1) in zip(ids, boxes)]
     return ids, boxes, crops
+
+
+def median_diameter(areas: np.ndarray) -> float:
+    """Median diameter (px) of instances of these areas, as the circle of the same area has it
+    (cellpose's measure); 0 for no instance."""
+    if not len(areas):
+        return 0.0
+    return float(np.median(2 * np.sqrt(np.asarray(areas, np.float64) / np.pi)))

@@ -67,6 +67,15 @@ class CellModel(nn.Module):
         self.classes = list(classes)
         self.scale = scale  # images are resized by this before the network sees them
 
+    @property
+    def diameter(self) -> float | None:
+        """px: the median cell diameter each training image is scaled to (None: `scale` only)."""
+        return None
+
+    def set_training_diameter(self, diameter: float) -> None:
+        """Told, once a run's weights are set, the median cell diameter of its training images
+        (a family that sizes test images from it keeps it in its state); by default ignored."""
+
     @staticmethod
     def target_maker(cfg: Any) -> TargetMaker:
         """A picklable function from a training sample's `Instances` to this family's targets."""

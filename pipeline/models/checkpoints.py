@@ -164,7 +164,9 @@ def load_weights(model: CellModel, path: Path | str) -> str:
     differ = [k for k, v in state.items() if k in own and v.shape != own[k].shape]
     for key in differ:
         del state[key]  # in place: the file's version metadata lets torchvision rename old keys
-    missing = model.load_state_dict(state, strict=False).missing_keys
+    missing = set(model.load_state_dict(state, strict=False).missing_keys)
+    # batch norm takes an absent num_batches_tracked silently: it did not load either
+    missing |= {k for k in own if k.endswith(".num_batches_tracked") and k not in state}
     if len(missing) == len(own):
         raise CellpipeError(f"no tensor in {path} matches the {model.family} model")
     summary = f"weights from {path}: {len(own) - len(missing)} of {len(own)} tensors"

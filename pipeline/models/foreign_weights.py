@@ -234,3 +234,30 @@ def needed_overrides(block: Any, family: str, settings: dict[str, Any]) -> str:
         for k, v in settings.items()
         if k in now and not same(now[k], v)
     )
+
+
+# scellseg 0.1.8 ships cellpose's CPnet under other names: its prefix, and its output layer
+_SCELLSEG_PREFIXES = (
+    ("extractor.", ""),
+    ("tasker.base_bn.", "output.0."),
+    ("tasker.base_conv.", "output.2."),
+)
+
+
+def is_cellpose(state: dict[str, Any]) -> bool:
+    """Whether a state dict has cellpose 3.x CPnet names (scellseg's renamed ones too)."""
+    first = "downsample.down.res_down_0."
+    return any(k.startswith((first, f"extractor.{first}")) for k in state)
+
+
+def cellpose_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A CPnet state dict in cellpose 3.x names: scellseg's renamed (`extractor.` dropped,
+    `tasker.base_bn` / `tasker.base_conv` -> `output.0` / `output.2`), others as they are."""
+    out = {}
+    for name, tensor in state.items():
+        for old, new in _SCELLSEG_PREFIXES:
+            if name.startswith(old):
+                name = new + name[len(old) :]
+                break
+        out[name] = tensor
+    return out

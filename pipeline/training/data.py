@@ -34,6 +34,7 @@ from torch.utils.data import Dataset, Sampler
 from pipeline.config import AugmentConfig
 from pipeline.core.errors import CellpipeError
 from pipeline.core.fileio import read_image
+from pipeline.core.instances import median_diameter
 from pipeline.models.base import Instances, TargetMaker, image_to_tensor
 
 
@@ -84,6 +85,7 @@ class Record:
     segmentations: list[Any]
     labels: np.ndarray  # (n,) int64 model labels
     boxes: np.ndarray  # (n, 4) float x0, y0, x1, y1 from the COCO bbox
+    diameter: float  # px: the median instance diameter, 2 sqrt(area / pi) (cellpose's measure)
 
 
 def _compressed(segmentation: Any, height: int, width: int) -> dict:
@@ -192,6 +194,7 @@ def load_records(
         height, width = int(image["height"]), int(image["width"])
         boxes = np.array([a["bbox"] for a in usable], np.float64).reshape(-1, 4)
         boxes[:, 2:] += boxes[:, :2]
+        areas = [a.get("area") or float(np.prod(a["bbox"][2:])) for a in usable]
         records.append(
             Record(
                 path,
@@ -200,6 +203,7 @@ def load_records(
                 [a["segmentation"] for a in usable],
                 np.array([mapping.label_of[a["category_id"]] for a in usable], np.int64),
                 boxes,
+                median_diameter(np.asarray(areas, np.float64)),
             )
         )
     if missing:
@@ -302,8 +306,10 @@ class CocoInstances(Dataset):
     """Training samples: (image (C, H, W) float, the family's targets) or None if unreadable.
 
     Indexed by (record index, seed entropy) pairs from `TrainSampler`; `augment=None` gives the
-    image at `scale` without randomness. The augmented instances (`Instances`, box crops) become
-    targets through the family's `make_targets`.
+    image at `scale` without randomness. With a `diameter`, each image is first scaled so its
+    median instance diameter becomes that many pixels (cellpose's size normalisation). The
+    augmented instances (`Instances`, box crops) become targets through the family's
+    `make_targets`.
     """
 
     def __init__(
@@ -312,11 +318,13 @@ class CocoInstances(Dataset):
         make_targets: TargetMaker,
         scale: float = 1.0,
         augment: AugmentConfig | None = None,
+        diameter: float | None = None,
     ):
         self.records = PackedRecords(records)
         self.make_targets = make_targets
         self.scale = scale
         self.augment = augment
+        self.diameter = diameter
 
     def __len__(self) -> int:
         return len(self.records)
@@ -337,7 +345,10 @@ class CocoInstances(Dataset):
                 stacklevel=1,
             )
             return None
-        g = plan_geometry(record.height, record.width, self.scale, self.augment, rng)
+        scale = self.scale
+        if self.diameter and record.diameter > 0:
+            scale *= self.diameter / record.diameter
+        g = plan_geometry(record.height, record.width, scale, self.augment, rng)
         tensor = image_to_tensor(image)[:, g.y0 : g.y1, g.x0 : g.x1]
         if (g.out_h, g.out_w) != tuple(tensor.shape[1:]):
             shrink = g.out_h < tensor.shape[1]

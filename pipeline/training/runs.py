@@ -176,17 +176,17 @@ def train_run(
         **checkpoint_meta(cfg.model, family, mapping.classes),
         "params": params.model_dump(mode="json"),
     }
-    dataset = CocoInstances(records, model.target_maker(block), cfg.model.scale, train.augment)
-    return fit(
-        model,
-        dataset,
-        train.solver,
-        run_dir,
-        meta,
-        ctx,
-        init=None if init is None else lambda m: load_weights(m, init),
-        validate=validate,
+    dataset = CocoInstances(
+        records, model.target_maker(block), cfg.model.scale, train.augment, model.diameter
     )
+    diameter = float(np.median([r.diameter for r in records]))
+
+    def start(model: CellModel) -> str:
+        summary = "random weights" if init is None else load_weights(model, init)
+        model.set_training_diameter(diameter)
+        return summary
+
+    return fit(model, dataset, train.solver, run_dir, meta, ctx, init=start, validate=validate)
 
 
 def write_summary(path: Path, models: dict[str, dict[int, Path]]) -> dict[str, Any]:
