@@ -1,7 +1,7 @@
 """Accuracy on real cells: every family, the tuned ensemble and the watershed floor side by side,
 and several runs (configs) in one table.
 
-Usage: `python benchmarks/accuracy.py [--config configs/realdata.yaml (cellpose fine-tuned)] [--data work/realdata]
+Usage: `python benchmarks/accuracy.py [--config configs/realdata.yaml] [--data work/realdata]
 [--work work/accuracy] [--name NAME] [key=value ...]`, then, for several runs,
 `python benchmarks/accuracy.py --report WORK [WORK ...]`.
 
