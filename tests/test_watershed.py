@@ -68,7 +68,7 @@ def test_blank_image_has_no_cells():
 
 def test_watershed_needs_no_training():
     """Beside a trained family it gets no fold models, no training run and no test checkpoint."""
-    from pipeline.stages.predict import inference_checkpoints
+    from pipeline.models.inference import inference_checkpoints
     from pipeline.training.runs import trained_families
 
     cfg = load_config(overrides=["predict.models=[flow_unet,watershed]", "folds.n_folds=2"])

@@ -19,9 +19,12 @@ from tqdm import tqdm
 
 from pipeline.config import Config
 from pipeline.core.ensemble import VIEWS, merge_predictions, unview_predictions
+from pipeline.core.errors import CellpipeError
 from pipeline.core.fileio import read_image_checked
 from pipeline.core.predictions import ImagePredictions
+from pipeline.models import family_class
 from pipeline.models.base import CellModel, image_to_tensor
+from pipeline.models.checkpoints import family_of, read_checkpoint
 
 
 def device_for(choice: str) -> torch.device:
@@ -94,6 +97,24 @@ def predict_images(
                 stem = Path(im["file_name"]).stem
                 out[stem] = merge_predictions(image_views, params.merge_iou, params.min_votes)
             bar.update(len(batch))
+    return out
+
+
+def inference_checkpoints(cfg: Config) -> dict[str, list[Path]]:
+    """The checkpoints that predict test images, per trained family of `predict.models`:
+    `predict.checkpoints` (each by the family it records), else every fold's best model."""
+    trained = [f for f in cfg.families if family_class(f).trainable]
+    if not cfg.predict.checkpoints:
+        return {f: [cfg.layout.finetune_model(f, k) for k in cfg.folds_trained] for f in trained}
+    out: dict[str, list[Path]] = {f: [] for f in trained}
+    for path in cfg.predict.checkpoints:
+        family, _ = family_of(read_checkpoint(path))
+        if family not in out:
+            raise CellpipeError(f"predict.checkpoints: {path} is {family}, not in {trained}")
+        out[family].append(path)
+    for family, paths in out.items():
+        if not paths:
+            raise CellpipeError(f"predict.checkpoints has no {family} model")
     return out
 
 

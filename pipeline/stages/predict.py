@@ -24,26 +24,19 @@ def main(cfg: Config, args: argparse.Namespace) -> None:
     import torch
 
     from pipeline.models import family_class
-    from pipeline.models.checkpoints import family_of, load_model, read_checkpoint
-    from pipeline.models.inference import device_for, inference_models, predict_images
+    from pipeline.models.checkpoints import load_model
+    from pipeline.models.inference import (
+        device_for,
+        inference_checkpoints,
+        inference_models,
+        predict_images,
+    )
 
     layout, params = cfg.layout, cfg.predict
     trainable = {f: family_class(f).trainable for f in cfg.families}
     trained = [f for f in cfg.families if trainable[f]]
     fold_models = {f: [layout.finetune_model(f, k) for k in cfg.folds_trained] for f in trained}
-    # test models per trained family: `predict.checkpoints` (by the family each records), else
-    # every fold's best model
-    test_models: dict[str, list[Path]] = {}
-    if "test" in params.splits:
-        test_models = {f: [] for f in trained} if params.checkpoints else fold_models
-        for path in params.checkpoints:
-            family, _ = family_of(read_checkpoint(path))
-            if family not in test_models:
-                raise CellpipeError(f"predict.checkpoints: {path} is {family}, not in {trained}")
-            test_models[family].append(path)
-        for family, paths in test_models.items():
-            if not paths:
-                raise CellpipeError(f"predict.checkpoints has no {family} model")
+    test_models = inference_checkpoints(cfg) if "test" in params.splits else {}
 
     def predict_family(family: str) -> None:
         """Write the predictions of one family for every split in `predict.splits`."""
