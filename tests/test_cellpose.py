@@ -19,6 +19,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from scipy import ndimage
+from test_watershed import discs
 from torch import nn
 
 from pipeline.cli import main as cellpipe
@@ -328,14 +329,6 @@ def test_other_weights_are_refused(tmp_path):
 
 
 # --- preprocessing, sizes, tiles ------------------------------------------------------------
-
-
-def discs(shape, centres, radius):
-    yy, xx = np.mgrid[: shape[0], : shape[1]]
-    labels = np.zeros(shape, np.int32)
-    for k, (cy, cx) in enumerate(centres, start=1):
-        labels[(yy - cy) ** 2 + (xx - cx) ** 2 <= radius**2] = k
-    return labels
 
 
 class IdealCPNet(nn.Module):

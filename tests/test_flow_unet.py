@@ -4,6 +4,7 @@ U-Net that learns one image."""
 import numpy as np
 import pytest
 import torch
+from test_watershed import discs
 
 from pipeline.config import FlowUNetConfig, load_config
 from pipeline.core.ensemble import VIEWS
@@ -17,14 +18,6 @@ from pipeline.models.base import Instances
 from pipeline.models.flow_maps import flow_targets, maps_to_predictions, unview_maps
 from pipeline.models.flow_unet import FlowUNetModel
 from pipeline.models.inference import view_tensor
-
-
-def discs(shape, centres, radius):
-    yy, xx = np.mgrid[: shape[0], : shape[1]]
-    labels = np.zeros(shape, np.int32)
-    for k, (cy, cx) in enumerate(centres, start=1):
-        labels[(yy - cy) ** 2 + (xx - cx) ** 2 <= radius**2] = k
-    return labels
 
 
 def instances(labels, classes):
