@@ -15,10 +15,14 @@ registered with `@register`, configured by the block `model.<name>` of `pipeline
   label image converts to that. TTA, fold and family ensembles, tuning and overlap removal all
   work on these.
 - `Family.combine(models)`: the models inference runs for several checkpoints of the family (the
-  folds); by default each alone, their instances merged by mask voting (a flow U-Net returns one
-  model averaging their maps).
+  folds); by default each alone, their instances merged by mask voting (the flow families,
+  `flow_unet` and `cellpose`, return one model averaging their maps: models/flow_maps.py).
+- `diameter`: px, the median cell diameter each training image is scaled to (None: none, the
+  default); `set_training_diameter(d)`: told the training images' median cell diameter once a
+  run's weights are set (cellpose keeps it to size test images; ignored by default).
 - `class_heads`: state-dict key prefixes whose shapes follow the number of classes (re-initialised
-  when weights come from other classes); `import_state`: renames a foreign state dict.
+  when weights come from other classes); `import_state`: renames a foreign state dict (detectron2's
+  for `maskrcnn`, cellpose's and scellseg's for `cellpose`).
 - `trainable = False` for a family without weights (a classical method): it is built from its
   config and predicts, and every training stage skips it.
 
