@@ -19,6 +19,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from scipy import ndimage
+from test_flow_unet import fit_one_image
 from test_watershed import discs
 from torch import nn
 
@@ -459,18 +460,10 @@ def test_a_pretrained_start_learns_an_image_with_its_classes(tmp_path):
     model = tiny_model(("a", "b"), "model.cellpose.tile=0", "model.cellpose.size=none")
     load_weights(model, tmp_path / "cellpose")
     targets = CellposeModel.target_maker(model.cfg)(cell_instances(labels, [1, 2, 1]))
-    optimizer = torch.optim.Adam(model.parameters(), 1e-2)
-    model.train()
-    first = None
-    for _ in range(150):  # batch norm's running statistics (momentum 0.05) follow by then
-        losses = model([image], [targets])
-        loss = sum(losses.values())
-        first = first if first is not None else loss.item()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    # 150 steps: batch norm's running statistics (momentum 0.05) follow by then
+    first, last, losses = fit_one_image(model, image, targets, 150)
     assert set(losses) == {"loss_cellprob", "loss_flows", "loss_classes"}
-    assert loss.item() < first / 3
+    assert last < first / 3
     model.eval()
     (pred,) = model.predict([image])
     painted, kept = postprocess_image(pred, Thresholds(default=model.cfg.thresholds.to_core()))
