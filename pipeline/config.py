@@ -321,6 +321,9 @@ class AugmentConfig(Section):
     contrast: float = 0.1  # factor drawn from [1 - c, 1 + c] about the image mean
     scale_range: tuple[float, float] = (0.8, 1.25)  # scale jitter on top of model.scale
     crop: tuple[int, int] | None = None  # (height, width) random crop after scaling; None: all
+    crop_on_instance: float = 0.0  # probability that a crop is placed to contain the centre of
+    # an instance drawn at random (foreground oversampling: images whose cells fill a small
+    # part still teach every step); 0: crops are placed uniformly
 
 
 class TrainConfig(Section):

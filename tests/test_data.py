@@ -26,6 +26,7 @@ from pipeline.training.data import (
     decode_crop,
     label_image,
     load_records,
+    window_start,
 )
 
 NO_AUGMENT = AugmentConfig(hflip=0, vflip=0, rot90=0, brightness=0, contrast=0, scale_range=(1, 1))
@@ -293,6 +294,36 @@ def test_one_pixel_mask_and_crop_without_instances(tmp_path):
     )
     empty = [cropped[(0, (0, k))][1] for k in range(10)]
     assert any(t["boxes"].shape == (0, 4) and t["masks"].shape == (0, 8, 8) for t in empty)
+
+
+def test_crop_on_instance_places_every_crop_over_an_instance(tmp_path):
+    mask = np.zeros((200, 300), bool)
+    mask[180:186, 5:12] = True  # one small cell in a corner of a large image
+    coco = {
+        "images": [{"id": 1, "file_name": "x.png", "height": 200, "width": 300}],
+        "annotations": [annotation(mask, 1, 1, 1)],
+        "categories": [{"id": 1, "name": "cell"}],
+    }
+    write_png(tmp_path / "x.png", np.full((200, 300), 128, np.uint8))
+    records, _ = load_records(coco, tmp_path, ClassMapping.from_categories(coco["categories"]))
+
+    def cells_per_crop(probability: float) -> list[int]:
+        augment = NO_AUGMENT.model_copy(
+            update={"crop": (32, 40), "crop_on_instance": probability, "scale_range": (0.8, 1.25)}
+        )
+        data = CocoInstances(records, maskrcnn_targets, augment=augment)
+        return [len(data[(0, (1, k))][1]["boxes"]) for k in range(20)]
+
+    assert all(n == 1 for n in cells_per_crop(1.0))
+    assert cells_per_crop(0.0).count(0) >= 15  # placed anywhere, crops mostly miss it
+
+
+@pytest.mark.parametrize("point", [0.0, 0.4, 17.0, 63.9, 99.0])
+def test_window_start_contains_the_point(point):
+    rng = np.random.default_rng(0)
+    starts = {window_start(100, 30, rng, point) for _ in range(200)}
+    assert all(0 <= s <= 70 and s <= int(point) < s + 30 for s in starts)
+    assert len(starts) == min(int(point), 70) - max(0, int(point) - 29) + 1  # every such start
 
 
 def test_unreadable_image_is_skipped_with_a_warning(tmp_path):

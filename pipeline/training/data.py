@@ -256,19 +256,34 @@ class Geometry:
     out_w: int
 
 
+def window_start(length: int, size: int, rng: np.random.Generator, point: float | None) -> int:
+    """A random start of a window of `size` px inside `length` px, containing `point` if given."""
+    if point is None:
+        return int(rng.integers(0, length - size + 1))
+    inside = min(max(math.floor(point), 0), length - 1)
+    low = min(max(0, inside - size + 1), length - size)
+    return int(rng.integers(low, max(low, min(inside, length - size)) + 1))
+
+
 def plan_geometry(
-    height: int, width: int, scale: float, augment: AugmentConfig | None, rng: np.random.Generator
+    height: int,
+    width: int,
+    scale: float,
+    augment: AugmentConfig | None,
+    rng: np.random.Generator,
+    focus: tuple[float, float] | None = None,
 ) -> Geometry:
-    """Scale (with jitter) then random crop, expressed as a source window and an output size."""
+    """Scale (with jitter) then random crop, expressed as a source window and an output size; the
+    crop contains the source point `focus` (y, x) if given."""
     if augment is not None:
         lo, hi = augment.scale_range
         scale *= math.exp(rng.uniform(math.log(lo), math.log(hi)))
     out_h, out_w = max(1, round(height * scale)), max(1, round(width * scale))
     crop_h, crop_w = (out_h, out_w) if augment is None or augment.crop is None else augment.crop
     crop_h, crop_w = min(crop_h, out_h), min(crop_w, out_w)
-    oy = int(rng.integers(0, out_h - crop_h + 1))
-    ox = int(rng.integers(0, out_w - crop_w + 1))
     sy, sx = height / out_h, width / out_w
+    oy = window_start(out_h, crop_h, rng, None if focus is None else focus[0] / sy)
+    ox = window_start(out_w, crop_w, rng, None if focus is None else focus[1] / sx)
     y0, x0 = math.floor(oy * sy), math.floor(ox * sx)
     y1 = min(height, max(y0 + 1, round((oy + crop_h) * sy)))
     x1 = min(width, max(x0 + 1, round((ox + crop_w) * sx)))
@@ -348,7 +363,9 @@ class CocoInstances(Dataset):
         scale = self.scale
         if self.diameter and record.diameter > 0:
             scale *= self.diameter / record.diameter
-        g = plan_geometry(record.height, record.width, scale, self.augment, rng)
+        g = plan_geometry(
+            record.height, record.width, scale, self.augment, rng, self._focus(record, rng)
+        )
         tensor = image_to_tensor(image)[:, g.y0 : g.y1, g.x0 : g.x1]
         if (g.out_h, g.out_w) != tuple(tensor.shape[1:]):
             shrink = g.out_h < tensor.shape[1]
@@ -369,6 +386,17 @@ class CocoInstances(Dataset):
             crops,
         )
         return tensor.contiguous(), self.make_targets(instances)
+
+    def _focus(self, record: Record, rng: np.random.Generator) -> tuple[float, float] | None:
+        """The centre (y, x) of a random instance the crop must contain, with probability
+        `augment.crop_on_instance` (foreground oversampling); None: the crop goes anywhere."""
+        a = self.augment
+        if a is None or a.crop is None or not a.crop_on_instance or not len(record.boxes):
+            return None
+        if rng.random() >= a.crop_on_instance:
+            return None
+        x0, y0, x1, y1 = record.boxes[rng.integers(len(record.boxes))]
+        return (y0 + y1) / 2, (x0 + x1) / 2
 
     def _instances(
         self, record: Record, g: Geometry, ops: list[str]
