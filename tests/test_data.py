@@ -16,7 +16,7 @@ from pipeline.config import AugmentConfig
 from pipeline.core.errors import CellpipeError
 from pipeline.core.fileio import write_png
 from pipeline.models import image_to_tensor
-from pipeline.models.maskrcnn import maskrcnn_targets
+from pipeline.models.rcnn import maskrcnn_targets
 from pipeline.training.data import (
     ClassMapping,
     CocoImages,

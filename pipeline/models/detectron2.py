@@ -20,7 +20,7 @@ from pipeline.config import Detectron2Config
 from pipeline.core.errors import CellpipeError
 from pipeline.core.predictions import ImagePredictions
 from pipeline.models.base import CellModel, Instances, register
-from pipeline.models.maskrcnn import (
+from pipeline.models.rcnn import (
     detection_predictions,
     level_anchor_sizes,
     maskrcnn_targets,
