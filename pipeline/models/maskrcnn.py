@@ -30,7 +30,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 from pipeline.config import MaskRCNNConfig
 from pipeline.core.errors import CellpipeError
 from pipeline.core.predictions import ImagePredictions
-from pipeline.models.base import CellModel, Instances, Registry, register
+from pipeline.models.base import CellModel, Registry, SampleInstances, register
 from pipeline.models.foreign_weights import (
     detectron2_settings,
     is_detectron2,
@@ -157,7 +157,7 @@ class MaskRCNNModel(CellModel):
         self.rpn, self.roi_heads = net.rpn, net.roi_heads
 
     @staticmethod
-    def target_maker(cfg: MaskRCNNConfig) -> Callable[[Instances], dict[str, torch.Tensor]]:
+    def target_maker(cfg: MaskRCNNConfig) -> Callable[[SampleInstances], dict[str, torch.Tensor]]:
         return maskrcnn_targets
 
     def forward(

@@ -17,7 +17,7 @@ from torchvision.models.detection.roi_heads import expand_boxes
 from pipeline.config import RCNNConfig
 from pipeline.core.errors import CellpipeError
 from pipeline.core.predictions import ImagePredictions
-from pipeline.models.base import Instances
+from pipeline.models.base import SampleInstances
 
 
 def level_anchor_sizes(cfg: RCNNConfig, n_levels: int, family: str) -> list[list[int]]:
@@ -35,7 +35,7 @@ def level_anchor_sizes(cfg: RCNNConfig, n_levels: int, family: str) -> list[list
     return [list(s) for s in sizes]
 
 
-def maskrcnn_targets(instances: Instances) -> dict[str, torch.Tensor]:
+def maskrcnn_targets(instances: SampleInstances) -> dict[str, torch.Tensor]:
     """torchvision's detection targets: float boxes, labels and full-size uint8 masks."""
     height, width = instances.shape
     masks = np.zeros((len(instances.crops), height, width), np.uint8)  # calloc: untouched pages

@@ -19,7 +19,7 @@ from torch.utils.data import Dataset, Sampler
 from pipeline.config import AugmentConfig
 from pipeline.core.errors import CellpipeError
 from pipeline.core.fileio import read_image
-from pipeline.models.base import Instances, TargetMaker, image_to_tensor
+from pipeline.models.base import SampleInstances, TargetMaker, image_to_tensor
 from pipeline.training.augment import (
     dihedral_ops,
     instance_crops,
@@ -36,7 +36,7 @@ class CocoInstances(Dataset):
     Indexed by (record index, seed entropy) pairs from `TrainSampler`; `augment=None` gives the
     image at `scale` without randomness. With a `diameter`, each image is first scaled so its
     median instance diameter becomes that many pixels (cellpose's size normalisation). The
-    augmented instances (`Instances`, box crops) become targets through the family's
+    augmented instances (`SampleInstances`, box crops) become targets through the family's
     `make_targets`.
     """
 
@@ -83,7 +83,7 @@ class CocoInstances(Dataset):
         height, width = tensor.shape[1:]
         if self.augment is not None:
             tensor = photometric(tensor, self.augment, rng)
-        instances = Instances(
+        instances = SampleInstances(
             (int(height), int(width)),
             np.array(boxes, np.int64).reshape(-1, 4),
             np.array(labels, np.int64),
