@@ -133,7 +133,8 @@ class Registry(dict):
 
         return add
 
-    def get(self, name: str) -> Callable:  # type: ignore[override]
+    def lookup(self, name: str) -> Callable:
+        """The builder registered as `name` (a one-line error naming the known ones if none)."""
         if name not in self:
             raise CellpipeError(f"unknown {self.kind} {name!r}; known: {', '.join(sorted(self))}")
         return self[name]

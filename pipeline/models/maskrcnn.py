@@ -111,7 +111,7 @@ def anchor_generator(cfg: MaskRCNNConfig, n_levels: int) -> AnchorGenerator:
 
 def torchvision_maskrcnn(cfg: MaskRCNNConfig, num_classes: int) -> MaskRCNN:
     """torchvision's Mask R-CNN with config-sized heads, dense-cell limits and no resizing."""
-    backbone, levels = BACKBONES.get(cfg.backbone)(cfg)
+    backbone, levels = BACKBONES.lookup(cfg.backbone)(cfg)
     anchors = anchor_generator(cfg, len(levels))
     channels = backbone.out_channels
     pooled = [name for name in levels if name != "pool"]
