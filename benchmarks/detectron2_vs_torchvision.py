@@ -72,13 +72,8 @@ def measure(family: str, iters: int, steps: int) -> dict[str, float]:
     from pipeline.config import load_config
     from pipeline.core.fileio import read_image, read_json
     from pipeline.models import build_model, image_to_tensor
-    from pipeline.training.data import (
-        ClassMapping,
-        CocoInstances,
-        TrainSampler,
-        collate,
-        load_records,
-    )
+    from pipeline.training.data import CocoInstances, TrainSampler, collate
+    from pipeline.training.records import ClassMapping, load_records
 
     work = Path(tempfile.mkdtemp(prefix=f"cellpipe-{family}-"))
     args = settings(family, work, iters)

@@ -37,7 +37,7 @@ from tqdm import tqdm  # noqa: E402
 from pipeline.core import metrics, rle  # noqa: E402
 
 SHAPE = (520, 704)
-THRESHOLDS = np.arange(0.5, 1.0, 0.05)
+IOU_THRESHOLDS = np.arange(0.5, 1.0, 0.05)
 
 
 # --- data ---------------------------------------------------------------------------------------
@@ -124,7 +124,7 @@ def cellpose_style(truth: np.ndarray, pred: np.ndarray) -> float:
     area_pred = overlap.sum(axis=0, keepdims=True)
     area_true = overlap.sum(axis=1, keepdims=True)
     iou = np.nan_to_num(overlap / (area_true + area_pred - overlap))[1:, 1:]
-    return _accuracy(np.array([_hungarian_tp(iou, t) for t in THRESHOLDS]), nt, npred)
+    return _accuracy(np.array([_hungarian_tp(iou, t) for t in IOU_THRESHOLDS]), nt, npred)
 
 
 def stardist_style(truth: np.ndarray, pred: np.ndarray) -> float:
@@ -134,7 +134,8 @@ def stardist_style(truth: np.ndarray, pred: np.ndarray) -> float:
     overlap = overlap.astype(np.float32)
     union = overlap.sum(axis=1, keepdims=True) + overlap.sum(axis=0, keepdims=True) - overlap
     iou = (overlap / np.maximum(union, np.float32(1)))[1:, 1:]
-    return _accuracy(np.array([_hungarian_tp(iou, np.float32(t)) for t in THRESHOLDS]), nt, npred)
+    tp = [_hungarian_tp(iou, np.float32(t)) for t in IOU_THRESHOLDS]
+    return _accuracy(np.array(tp), nt, npred)
 
 
 def notebook_style(truth: np.ndarray, pred: np.ndarray) -> float:
@@ -146,7 +147,7 @@ def notebook_style(truth: np.ndarray, pred: np.ndarray) -> float:
     union[union == 0] = 1e-9
     iou = inter[1:, 1:] / union
     scores = []
-    for t in THRESHOLDS:
+    for t in IOU_THRESHOLDS:
         matches = iou > t
         tp = np.sum(np.sum(matches, axis=1) == 1)
         fp = np.sum(np.sum(matches, axis=0) == 0)

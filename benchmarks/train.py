@@ -31,14 +31,8 @@ from pipeline import cli
 from pipeline.config import Config, load_config
 from pipeline.core.fileio import read_image, read_json
 from pipeline.models import build_model, image_to_tensor
-from pipeline.training.data import (
-    ClassMapping,
-    CocoInstances,
-    Record,
-    TrainSampler,
-    collate,
-    load_records,
-)
+from pipeline.training.data import CocoInstances, TrainSampler, collate
+from pipeline.training.records import ClassMapping, Record, load_records
 
 
 def competition_coco(config: str, overrides: list[str]) -> tuple[Config, dict]:

@@ -34,7 +34,7 @@ from pipeline.core.packages import Package
 from pipeline.core.postprocess import Thresholds, postprocess_image
 from pipeline.core.predictions import load_predictions
 from pipeline.models import build_model
-from pipeline.models.base import Instances
+from pipeline.models.base import SampleInstances
 from pipeline.models.cellpose import (
     CellposeModel,
     cellpose_input,
@@ -448,7 +448,7 @@ def test_pretrained_maps_with_tiles_stay_close_to_whole_image_maps():
 
 def cell_instances(labels, classes):
     _, boxes, crops = instance_boxes_and_crops(labels)
-    return Instances(labels.shape, np.asarray(boxes, np.int64), np.asarray(classes), crops)
+    return SampleInstances(labels.shape, np.asarray(boxes, np.int64), np.asarray(classes), crops)
 
 
 def test_a_pretrained_start_learns_an_image_with_its_classes(tmp_path):

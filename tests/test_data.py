@@ -16,18 +16,10 @@ from pipeline.config import AugmentConfig
 from pipeline.core.errors import CellpipeError
 from pipeline.core.fileio import write_png
 from pipeline.models import image_to_tensor
-from pipeline.models.maskrcnn import maskrcnn_targets
-from pipeline.training.data import (
-    ClassMapping,
-    CocoImages,
-    CocoInstances,
-    TrainSampler,
-    collate,
-    decode_crop,
-    label_image,
-    load_records,
-    window_start,
-)
+from pipeline.models.rcnn import maskrcnn_targets
+from pipeline.training.augment import window_start
+from pipeline.training.data import CocoImages, CocoInstances, TrainSampler, collate
+from pipeline.training.records import ClassMapping, decode_crop, label_image, load_records
 
 NO_AUGMENT = AugmentConfig(hflip=0, vflip=0, rot90=0, brightness=0, contrast=0, scale_range=(1, 1))
 

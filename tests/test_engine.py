@@ -22,9 +22,10 @@ from pipeline import cli
 from pipeline.config import SolverConfig
 from pipeline.core.errors import CellpipeError
 from pipeline.models.checkpoints import read_checkpoint
-from pipeline.models.maskrcnn import maskrcnn_targets
-from pipeline.training.data import ClassMapping, CocoInstances, load_records
+from pipeline.models.rcnn import maskrcnn_targets
+from pipeline.training.data import CocoInstances
 from pipeline.training.engine import Context, fit, lr_factor
+from pipeline.training.records import ClassMapping, load_records
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).parents[1]

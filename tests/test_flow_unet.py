@@ -14,7 +14,7 @@ from pipeline.core.instances import instance_boxes_and_crops
 from pipeline.core.metrics import map_iou
 from pipeline.core.postprocess import ClassThresholds, Thresholds, postprocess_image
 from pipeline.models import build_model
-from pipeline.models.base import Instances
+from pipeline.models.base import SampleInstances
 from pipeline.models.flow_maps import flow_targets, maps_to_predictions, unview_maps
 from pipeline.models.flow_unet import FlowUNetModel
 from pipeline.models.inference import view_tensor
@@ -22,7 +22,7 @@ from pipeline.models.inference import view_tensor
 
 def instances(labels, classes):
     _, boxes, crops = instance_boxes_and_crops(labels)
-    return Instances(labels.shape, np.asarray(boxes, np.int64), np.asarray(classes), crops)
+    return SampleInstances(labels.shape, np.asarray(boxes, np.int64), np.asarray(classes), crops)
 
 
 CENTRES = [(14, 14), (14, 40), (38, 20), (38, 45)]  # the last two touch

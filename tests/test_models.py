@@ -19,7 +19,8 @@ from pipeline.config import MaskRCNNConfig, ModelConfig, load_config
 from pipeline.core.errors import CellpipeError
 from pipeline.models import CellModel, build_model, families, family_class
 from pipeline.models.checkpoints import checkpoint_meta, load_model, load_weights, read_checkpoint
-from pipeline.models.maskrcnn import BACKBONES, crop_mask_probs, torchvision_maskrcnn
+from pipeline.models.maskrcnn import BACKBONES, torchvision_maskrcnn
+from pipeline.models.rcnn import crop_mask_probs
 
 TINY = MaskRCNNConfig(
     backbone="resnet18_fpn",

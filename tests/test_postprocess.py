@@ -61,7 +61,7 @@ def reference(pred, thresholds):
     return labels, kept
 
 
-THRESHOLDS = st.builds(
+CLASS_THRESHOLDS = st.builds(
     ClassThresholds,
     score=st.sampled_from([0.0, 0.3, 0.6]),
     mask=st.sampled_from([0.3, 0.5, 0.8]),
@@ -75,8 +75,8 @@ THRESHOLDS = st.builds(
 @given(
     seed=st.integers(0, 2**32 - 1),
     mode=st.sampled_from(["image", "instance"]),
-    per_class=st.dictionaries(st.integers(1, 3), THRESHOLDS),
-    default=THRESHOLDS,
+    per_class=st.dictionaries(st.integers(1, 3), CLASS_THRESHOLDS),
+    default=CLASS_THRESHOLDS,
 )
 def test_matches_reference(seed, mode, per_class, default):
     pred = random_predictions(np.random.default_rng(seed))

@@ -92,7 +92,7 @@ SPLIT_KEYS = {"train": 0, "test": 1, "semi": 2, "livecell": 3, "meta": 4}
 
 
 @dataclasses.dataclass(frozen=True)
-class Instances:
+class SyntheticCells:
     """An image's cells: a label image without overlaps, plus the few masks that overlap."""
 
     labels: np.ndarray  # int32 (H, W), labels 1..n
@@ -227,17 +227,17 @@ def grow_into_neighbours(
     return grown
 
 
-def draw_instances(
+def draw_cells(
     rng: np.random.Generator,
     shape: tuple[int, int],
     morph: Morphology,
     overlap_fraction: float = 0.0,
-) -> Instances:
+) -> SyntheticCells:
     """The cells of one image; their number follows the morphology's density and the image area."""
     area = shape[0] * shape[1] / 1e5
     count = max(1, round(rng.uniform(*morph.density) * area))
     labels = place_cells(rng, shape, morph, count)
-    return Instances(labels, grow_into_neighbours(rng, labels, overlap_fraction))
+    return SyntheticCells(labels, grow_into_neighbours(rng, labels, overlap_fraction))
 
 
 def _illumination(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
@@ -344,10 +344,10 @@ def _elapsed_label(hours: int, minutes: int = 0) -> str:
 
 def synthetic_image(
     rng: np.random.Generator, shape: tuple[int, int], morph: Morphology, overlap: float = 0.0
-) -> tuple[Instances, np.ndarray]:
+) -> tuple[SyntheticCells, np.ndarray]:
     """One image's cells and its rendered uint8 picture."""
-    instances = draw_instances(rng, shape, morph, overlap)
-    return instances, render_phase_contrast(rng, instances.labels, morph)
+    cells = draw_cells(rng, shape, morph, overlap)
+    return cells, render_phase_contrast(rng, cells.labels, morph)
 
 
 def write_competition(root: Path, cfg: SyntheticConfig, progress: bool = True) -> None:
@@ -367,7 +367,7 @@ def write_competition(root: Path, cfg: SyntheticConfig, progress: bool = True) -
     for index, (cell_type, j) in enumerate(tqdm(jobs, desc="train", disable=not progress)):
         rng = image_rng(cfg.seed, "train", index)
         overlap = OVERLAP_INSTANCE_FRACTION if rng.random() < OVERLAP_IMAGE_FRACTION else 0.0
-        instances, image = synthetic_image(rng, shape, MORPHOLOGIES[cell_type], overlap)
+        cells, image = synthetic_image(rng, shape, MORPHOLOGIES[cell_type], overlap)
         write_png(root / "train" / f"{ids[index]}.png", image)
         sample_id = samples[cell_type][j % cfg.samples_per_type]
         hours, minutes = int(rng.integers(1, 48)), 30 * int(rng.integers(0, 2))
@@ -380,7 +380,7 @@ def write_competition(root: Path, cfg: SyntheticConfig, progress: bool = True) -
             sample_id,
             f"{hours // 24} days {hours % 24:02d}:{minutes:02d}:00",
         )
-        rows += [(ids[index], text, *metadata) for text in instances.rle_texts()]
+        rows += [(ids[index], text, *metadata) for text in cells.rle_texts()]
     train_csv = pd.DataFrame(rows, columns=list(TRAIN_CSV_COLUMNS))
     write_text(root / "train.csv", train_csv.to_csv(index=False))
 
@@ -388,12 +388,12 @@ def write_competition(root: Path, cfg: SyntheticConfig, progress: bool = True) -
     truth_rows = []
     for index, image_id in enumerate(tqdm(test_ids, desc="test", disable=not progress)):
         cell_type = CELL_TYPES[index % len(CELL_TYPES)]
-        instances, image = synthetic_image(
+        cells, image = synthetic_image(
             image_rng(cfg.seed, "test", index), shape, MORPHOLOGIES[cell_type]
         )
         write_png(root / "test" / f"{image_id}.png", image)
         metadata = (cfg.width, cfg.height, cell_type, "", "", "test", "")
-        truth_rows += [(image_id, text, *metadata) for text in instances.rle_texts()]
+        truth_rows += [(image_id, text, *metadata) for text in cells.rle_texts()]
     truth = pd.DataFrame(truth_rows, columns=list(TRAIN_CSV_COLUMNS))
     write_text(root / "test_truth.csv", truth.to_csv(index=False))  # the held-out truth
     submission = pd.DataFrame({"id": test_ids, "predicted": "1 1"})
@@ -442,12 +442,12 @@ def write_livecell(root: Path, cfg: SyntheticConfig, progress: bool = True) -> N
             time = _elapsed_label(4 * int(rng.integers(0, 19)))
             file_name = f"{line}_Phase_{well}_{time}_{rng.integers(1, 5)}.tif"
             overlap = OVERLAP_INSTANCE_FRACTION if rng.random() < OVERLAP_IMAGE_FRACTION else 0.0
-            instances, image = synthetic_image(rng, shape, livecell_morphology(line), overlap)
+            cells, image = synthetic_image(rng, shape, livecell_morphology(line), overlap)
             write_tiff(livecell / "images" / folder / file_name, image)
             images.append(
                 {"id": index, "file_name": file_name, "width": shape[1], "height": shape[0]}
             )
-            for box, crop in instances.masks():
+            for box, crop in cells.masks():
                 annotations.append(
                     {
                         "id": annotation_id,

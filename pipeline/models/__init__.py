@@ -7,8 +7,8 @@ registered with `@register`, configured by the block `model.<name>` of `pipeline
 
 - `Family(block, classes, scale)`: build from the config block and the class names.
 - `Family.target_maker(block)`: a picklable function turning an augmented training sample
-  (`Instances`: the image's instances as box crops) into the family's training targets; it runs in
-  the data-loader workers (Mask R-CNN: boxes and full masks; a flow U-Net: flow fields).
+  (`SampleInstances`: the image's instances as box crops) into the family's training targets; it
+  runs in the data-loader workers (Mask R-CNN: boxes and full masks; a flow U-Net: flow fields).
 - `model(images, targets)` in train mode: a dict of named losses.
 - `model.predict(images)` in eval mode: one `ImagePredictions` per image (box-cropped instances
   with scores and model labels, in the image's own pixels); a family whose natural output is a
@@ -39,8 +39,8 @@ from pipeline.core.errors import CellpipeError
 from pipeline.models.base import (
     FAMILIES,
     CellModel,
-    Instances,
     Registry,
+    SampleInstances,
     image_to_tensor,
     register,
 )
@@ -48,7 +48,7 @@ from pipeline.models.base import (
 __all__ = [
     "FAMILIES",
     "CellModel",
-    "Instances",
+    "SampleInstances",
     "Registry",
     "build_model",
     "families",

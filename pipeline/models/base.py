@@ -18,7 +18,7 @@ from pipeline.core.predictions import ImagePredictions
 
 
 @dataclass
-class Instances:
+class SampleInstances:
     """An augmented training sample's instances, each mask cropped to its own box."""
 
     shape: tuple[int, int]  # (height, width) of the sample image
@@ -49,7 +49,7 @@ def image_to_tensor(image: np.ndarray) -> torch.Tensor:
     return tensor[None] if tensor.ndim == 2 else tensor.permute(2, 0, 1).contiguous()
 
 
-TargetMaker = Callable[[Instances], dict[str, torch.Tensor]]
+TargetMaker = Callable[[SampleInstances], dict[str, torch.Tensor]]
 
 
 class CellModel(nn.Module):
@@ -78,7 +78,7 @@ class CellModel(nn.Module):
 
     @staticmethod
     def target_maker(cfg: Any) -> TargetMaker:
-        """A picklable function from a training sample's `Instances` to this family's targets."""
+        """A picklable function from a sample's `SampleInstances` to this family's targets."""
         raise NotImplementedError
 
     def forward(
@@ -133,7 +133,8 @@ class Registry(dict):
 
         return add
 
-    def get(self, name: str) -> Callable:  # type: ignore[override]
+    def lookup(self, name: str) -> Callable:
+        """The builder registered as `name` (a one-line error naming the known ones if none)."""
         if name not in self:
             raise CellpipeError(f"unknown {self.kind} {name!r}; known: {', '.join(sorted(self))}")
         return self[name]

@@ -92,12 +92,17 @@ def is_cellpipe(obj: dict[str, Any]) -> bool:
     return "model" in obj and "model_config" in obj
 
 
-def family_of(obj: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    """A cellpipe checkpoint's family and config block (older flat ones are Mask R-CNN)."""
+def checkpoint_family(obj: dict[str, Any]) -> str:
+    """A cellpipe checkpoint's family (older flat ones are Mask R-CNN)."""
+    return obj.get("family", "maskrcnn")
+
+
+def checkpoint_block(obj: dict[str, Any]) -> dict[str, Any]:
+    """A cellpipe checkpoint's family config block (of older flat ones, the Mask R-CNN keys)."""
     if "family" in obj:
-        return obj["family"], dict(obj["model_config"])
+        return dict(obj["model_config"])
     fields = MaskRCNNConfig.model_fields
-    return "maskrcnn", {k: v for k, v in obj["model_config"].items() if k in fields}
+    return {k: v for k, v in obj["model_config"].items() if k in fields}
 
 
 def checkpoint_meta(cfg: ModelConfig, family: str, classes: Sequence[str]) -> dict[str, Any]:
@@ -146,7 +151,7 @@ def load_weights(model: CellModel, path: Path | str) -> str:
     obj = read_checkpoint(path)
     own = model.state_dict()
     if is_cellpipe(obj):
-        family, saved = family_of(obj)
+        family, saved = checkpoint_family(obj), checkpoint_block(obj)
         _check_architecture(model, obj, path, family, saved)
         same_classes = list(obj.get("classes", [])) == model.classes
         state = obj["model"]
@@ -204,7 +209,7 @@ def load_model(
     obj = read_checkpoint(path)
     if not is_cellpipe(obj):
         raise CellpipeError(f"{path} is not a cellpipe checkpoint (no model_config)")
-    family, saved = family_of(obj)
+    family, saved = checkpoint_family(obj), checkpoint_block(obj)
     cfg = expected or ModelConfig()
     if expected is None:
         cfg = cfg.model_copy(update={family: cfg.block(family).model_validate(saved)})

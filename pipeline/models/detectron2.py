@@ -19,8 +19,8 @@ import torch
 from pipeline.config import Detectron2Config
 from pipeline.core.errors import CellpipeError
 from pipeline.core.predictions import ImagePredictions
-from pipeline.models.base import CellModel, Instances, register
-from pipeline.models.maskrcnn import (
+from pipeline.models.base import CellModel, SampleInstances, register
+from pipeline.models.rcnn import (
     detection_predictions,
     level_anchor_sizes,
     maskrcnn_targets,
@@ -96,7 +96,7 @@ class Detectron2Model(CellModel):
         object.__setattr__(self, "_net", net)  # its forward and inference, not a second module
 
     @staticmethod
-    def target_maker(cfg: Detectron2Config) -> Callable[[Instances], dict[str, torch.Tensor]]:
+    def target_maker(cfg: Detectron2Config) -> Callable[[SampleInstances], dict[str, torch.Tensor]]:
         return maskrcnn_targets
 
     def _inputs(self, images: Sequence[torch.Tensor]) -> list[dict[str, Any]]:

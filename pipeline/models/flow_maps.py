@@ -27,7 +27,7 @@ from pipeline.core.errors import CellpipeError
 from pipeline.core.flows import FLOW_SCALE, flow_error, label_flows, masks_from_flows
 from pipeline.core.instances import instance_boxes_and_crops
 from pipeline.core.predictions import ImagePredictions, quantise
-from pipeline.models.base import CellModel, Instances
+from pipeline.models.base import CellModel, SampleInstances
 from pipeline.models.inference import view_tensor
 
 
@@ -57,7 +57,7 @@ def logit(p: float) -> float:
     return math.log(p / (1 - p))
 
 
-def flow_targets(instances: Instances) -> dict[str, torch.Tensor]:
+def flow_targets(instances: SampleInstances) -> dict[str, torch.Tensor]:
     """Training targets of a sample: instance labels (int64: the class of the pixel's instance,
     0 background) and FLOW_SCALE x the unit flows toward each instance's centre."""
     cells = instances.label_image()

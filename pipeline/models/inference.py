@@ -24,7 +24,7 @@ from pipeline.core.fileio import read_image_checked
 from pipeline.core.predictions import ImagePredictions
 from pipeline.models import family_class
 from pipeline.models.base import CellModel, image_to_tensor
-from pipeline.models.checkpoints import family_of, read_checkpoint
+from pipeline.models.checkpoints import checkpoint_family, read_checkpoint
 
 
 def device_for(choice: str) -> torch.device:
@@ -108,7 +108,7 @@ def inference_checkpoints(cfg: Config) -> dict[str, list[Path]]:
         return {f: [cfg.layout.finetune_model(f, k) for k in cfg.folds_trained] for f in trained}
     out: dict[str, list[Path]] = {f: [] for f in trained}
     for path in cfg.predict.checkpoints:
-        family, _ = family_of(read_checkpoint(path))
+        family = checkpoint_family(read_checkpoint(path))
         if family not in out:
             raise CellpipeError(f"predict.checkpoints: {path} is {family}, not in {trained}")
         out[family].append(path)

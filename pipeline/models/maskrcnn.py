@@ -15,30 +15,33 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torchvision.models import resnet
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.mask_rcnn import MaskRCNN, MaskRCNNHeads, MaskRCNNPredictor
-from torchvision.models.detection.roi_heads import expand_boxes
 from torchvision.models.detection.rpn import RPNHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import FrozenBatchNorm2d, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
-from pipeline.config import MaskRCNNConfig, RCNNConfig
+from pipeline.config import MaskRCNNConfig
 from pipeline.core.errors import CellpipeError
 from pipeline.core.predictions import ImagePredictions
-from pipeline.models.base import CellModel, Instances, Registry, register
+from pipeline.models.base import CellModel, Registry, SampleInstances, register
 from pipeline.models.foreign_weights import (
     detectron2_settings,
     is_detectron2,
     needed_overrides,
     torchvision_from_detectron2,
+)
+from pipeline.models.rcnn import (
+    detection_predictions,
+    level_anchor_sizes,
+    maskrcnn_targets,
+    scaled_images,
 )
 
 BACKBONES = Registry("backbone")  # (MaskRCNNConfig) -> (module with out_channels, levels)
@@ -99,21 +102,6 @@ class NativeTransform(GeneralizedRCNNTransform):
         return image, target
 
 
-def level_anchor_sizes(cfg: RCNNConfig, n_levels: int, family: str) -> list[list[int]]:
-    """`anchor_sizes` of a Mask R-CNN block, one list per level (a single list serves all)."""
-    sizes = cfg.anchor_sizes * n_levels if len(cfg.anchor_sizes) == 1 else cfg.anchor_sizes
-    if len(sizes) != n_levels:
-        raise CellpipeError(
-            f"model.{family}.anchor_sizes has {len(sizes)} lists; the backbone has {n_levels} "
-            "levels (give one list per level, or one list for all)"
-        )
-    if len({len(s) for s in sizes}) != 1 or not sizes[0]:
-        raise CellpipeError(
-            f"model.{family}.anchor_sizes: every level needs the same number of sizes"
-        )
-    return [list(s) for s in sizes]
-
-
 def anchor_generator(cfg: MaskRCNNConfig, n_levels: int) -> AnchorGenerator:
     """Anchors from the config: one size list per level (or one for all), shared ratios."""
     sizes = level_anchor_sizes(cfg, n_levels, "maskrcnn")
@@ -123,7 +111,7 @@ def anchor_generator(cfg: MaskRCNNConfig, n_levels: int) -> AnchorGenerator:
 
 def torchvision_maskrcnn(cfg: MaskRCNNConfig, num_classes: int) -> MaskRCNN:
     """torchvision's Mask R-CNN with config-sized heads, dense-cell limits and no resizing."""
-    backbone, levels = BACKBONES.get(cfg.backbone)(cfg)
+    backbone, levels = BACKBONES.lookup(cfg.backbone)(cfg)
     anchors = anchor_generator(cfg, len(levels))
     channels = backbone.out_channels
     pooled = [name for name in levels if name != "pool"]
@@ -154,19 +142,6 @@ def torchvision_maskrcnn(cfg: MaskRCNNConfig, num_classes: int) -> MaskRCNN:
     return model
 
 
-def maskrcnn_targets(instances: Instances) -> dict[str, torch.Tensor]:
-    """torchvision's detection targets: float boxes, labels and full-size uint8 masks."""
-    height, width = instances.shape
-    masks = np.zeros((len(instances.crops), height, width), np.uint8)  # calloc: untouched pages
-    for k, (crop, (x0, y0, x1, y1)) in enumerate(zip(instances.crops, instances.boxes)):
-        masks[k, y0:y1, x0:x1] = crop
-    return {
-        "boxes": torch.as_tensor(instances.boxes, dtype=torch.float32).reshape(-1, 4),
-        "labels": torch.as_tensor(instances.labels, dtype=torch.int64),
-        "masks": torch.from_numpy(masks),
-    }
-
-
 @register
 class MaskRCNNModel(CellModel):
     """Mask R-CNN (torchvision) for dense cells: detections with box-cropped mask probabilities."""
@@ -182,7 +157,7 @@ class MaskRCNNModel(CellModel):
         self.rpn, self.roi_heads = net.rpn, net.roi_heads
 
     @staticmethod
-    def target_maker(cfg: MaskRCNNConfig) -> Callable[[Instances], dict[str, torch.Tensor]]:
+    def target_maker(cfg: MaskRCNNConfig) -> Callable[[SampleInstances], dict[str, torch.Tensor]]:
         return maskrcnn_targets
 
     def forward(
@@ -223,67 +198,3 @@ class MaskRCNNModel(CellModel):
         if "fc.weight" in state and "layer1.0.conv1.weight" in state:
             return {f"backbone.body.{k}": v for k, v in state.items() if not k.startswith("fc.")}
         return state
-
-
-def scaled_images(images: Sequence[torch.Tensor], scale: float) -> list[torch.Tensor]:
-    """Images (C, H, W) resized by `scale` (bilinear, antialiased when shrinking)."""
-    if scale == 1.0:
-        return list(images)
-    return [
-        F.interpolate(im[None].float(), scale_factor=scale, mode="bilinear", antialias=scale < 1)[0]
-        for im in images
-    ]
-
-
-def detection_predictions(
-    mask_probs: torch.Tensor,
-    boxes: torch.Tensor,
-    scores: torch.Tensor,
-    labels: torch.Tensor,
-    scaled_shape: Sequence[int],
-    shape: tuple[int, int],
-) -> ImagePredictions:
-    """One image's detections (28x28 mask probabilities, boxes in the pixels of the image seen
-    at `scaled_shape`, scores, model labels) as box-cropped predictions in its own pixels."""
-    (height, width), (sh, sw) = shape, scaled_shape
-    ratio = torch.tensor([width / sw, height / sh] * 2, device=boxes.device)
-    kept_boxes, masks = crop_mask_probs(mask_probs, boxes * ratio, (height, width))
-    return ImagePredictions(
-        shape=(height, width),
-        boxes=kept_boxes,
-        scores=scores.float().cpu().numpy(),
-        labels=labels.cpu().numpy().astype(np.int32),
-        masks=masks,
-    )
-
-
-def crop_mask_probs(
-    probs: torch.Tensor, boxes: torch.Tensor, shape: tuple[int, int]
-) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Each (M, M) mask probability resized into its own box, as torchvision pastes it.
-
-    probs: (n, M, M); boxes: (n, 4) float x0, y0, x1, y1 in image pixels. Returns int32 boxes
-    [x0, y0, x1, y1) clipped to the image and uint8 (0..255) crops of matching shapes.
-    """
-    height, width = shape
-    n, size = probs.shape[0], probs.shape[-1]
-    padded = F.pad(probs.float(), (1, 1, 1, 1))  # like torchvision's expand_masks(padding=1)
-    boxes = expand_boxes(boxes.float(), (size + 2) / size).to(torch.int64).tolist()
-    clipped = np.zeros((n, 4), np.int32)
-    crops = []
-    for i, (x0, y0, x1, y1) in enumerate(boxes):
-        w, h = max(x1 - x0 + 1, 1), max(y1 - y0 + 1, 1)
-        cx0, cy0, cx1, cy1 = max(x0, 0), max(y0, 0), min(x1 + 1, width), min(y1 + 1, height)
-        cx1, cy1 = max(cx1, cx0), max(cy1, cy0)
-        resized = F.interpolate(padded[i][None, None], size=(h, w), mode="bilinear")[0, 0]
-        crops.append(resized[cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0])
-        clipped[i] = (cx0, cy0, cx1, cy1)
-    if not crops:
-        return clipped, []
-    flat = torch.cat([c.reshape(-1) for c in crops])
-    flat = (flat * 255.0).round_().clamp_(0, 255).to(torch.uint8).cpu().numpy()
-    ends = np.cumsum([c.numel() for c in crops])
-    masks = [
-        part.reshape(c.shape[0], c.shape[1]) for part, c in zip(np.split(flat, ends[:-1]), crops)
-    ]
-    return clipped, masks

@@ -24,15 +24,10 @@ from pipeline.core.metrics import map_iou
 from pipeline.core.postprocess import Thresholds, postprocess_image
 from pipeline.models import CellModel, build_model, family_class
 from pipeline.models.checkpoints import checkpoint_meta, load_weights, read_checkpoint
-from pipeline.training.data import (
-    ClassMapping,
-    CocoImages,
-    CocoInstances,
-    load_records,
-    notes_line,
-)
+from pipeline.training.data import CocoImages, CocoInstances
 from pipeline.training.engine import Context, fit
 from pipeline.training.loaders import worker_batches, worker_init
+from pipeline.training.records import ClassMapping, load_records, notes_line
 
 
 class RunParams(Section):
