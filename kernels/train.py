@@ -5,8 +5,8 @@
 # %% [markdown]
 # # cellpipe: fine-tuning on Kaggle's GPU
 # Installs cellpipe from its bundle dataset, then trains on the competition data with the bundle's
-# training config: `convert`, `folds`, `finetune` from the bundled pretrained models (without
-# them, and with `finetune.init: pretrain`, `pretrain` on LIVECell first), then out-of-fold
+# training config: `convert`, `folds`, `finetune` from the bundled file each family starts from
+# (without them, and with `finetune.init: pretrain`, `pretrain` on LIVECell first), then out-of-fold
 # `predict` and `tune`, in a scratch folder. The output, `/kaggle/working/cellpipe/`, holds only
 # what inference needs: every fold's `finetune/<family>/fold*/model_best.pth` (and its
 # `metrics.jsonl`), `finetune/summary.json`, `thresholds.json` and `config.yaml`. Download it
@@ -26,11 +26,11 @@ from pipeline.kaggle.runtime import export_training_outputs, kaggle_config, plac
 
 WORK = Path(tempfile.gettempdir()) / "cellpipe-train"  # scratch: COCO files, checkpoints...
 OUTPUT = WORKING / "cellpipe"  # the kernel's output: what inference needs, nothing else
-# family -> its pretrained model, and "init" -> a finetune.init file, as bundled
+# family -> the file its fine-tuning starts from (a pretrained model or a finetune.init file)
 PRETRAINED = {key: bundle_file(path) for key, path in MANIFEST["pretrained"].items()}
-INIT = PRETRAINED.pop("init", None)
 base = load_config(bundle_file(MANIFEST["train_config"]))
-livecell = not PRETRAINED and INIT is None and base.finetune.init == "pretrain"  # pretrain here
+starts = {base.finetune.start(family) for family in base.families}
+livecell = not PRETRAINED and "pretrain" in starts  # pretrain here
 CONFIG = kaggle_config(
     WORK / "kaggle.yaml",
     base=bundle_file(MANIFEST["train_config"]),
@@ -38,7 +38,7 @@ CONFIG = kaggle_config(
     data_dir=DATA,
     convert={"livecell": livecell},
     predict={"splits": ["oof"]},
-    **({"finetune": {"init": INIT}} if INIT else {}),
+    **({"finetune": {"init": "pretrain"}} if PRETRAINED else {}),
 )
 if PRETRAINED:
     place_pretrained(CONFIG, PRETRAINED)

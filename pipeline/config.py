@@ -329,8 +329,10 @@ class AugmentConfig(Section):
 class TrainConfig(Section):
     """One training run: data selection, initial weights, solver, augmentation, validation."""
 
-    init: str = "random"  # "random", "pretrain" (the pretrain stage's model) or a .pth file:
-    # a cellpipe checkpoint, a torchvision Mask R-CNN state dict or a ResNet (ImageNet) state dict
+    init: str | dict[str, str] = "random"  # "random", "pretrain" (the pretrain stage's model)
+    # or a .pth file: a cellpipe checkpoint, a torchvision Mask R-CNN, ResNet (ImageNet),
+    # detectron2 or cellpose state dict; or a mapping family -> one of those, each family its own
+    # start (families it leaves out take this block's default)
     categories: list[str] = []  # train on these source categories only (LIVECell: cell lines)
     class_map: dict[str, str] = {}  # source category -> model class
     default_class: str | None = None  # class of categories not in class_map; None: keep name
@@ -338,6 +340,13 @@ class TrainConfig(Section):
     augment: AugmentConfig = AugmentConfig()
     val_max_images: int = 0  # validate on the first N validation images; 0: all
     # validation paints with the family's thresholds (model.<family>.thresholds)
+
+    def start(self, family: str) -> str:
+        """What a run of `family` starts from: its entry of an `init` mapping (else the block's
+        default), or the `init` every family shares."""
+        if isinstance(self.init, str):
+            return self.init
+        return self.init.get(family, type(self).model_fields["init"].default)
 
     @model_validator(mode="before")
     @classmethod
@@ -358,7 +367,7 @@ class PretrainConfig(TrainConfig):
 class FinetuneConfig(TrainConfig):
     """Per-fold fine-tuning on the competition data, from the pretrained model."""
 
-    init: str = "pretrain"
+    init: str | dict[str, str] = "pretrain"
     folds: list[int] = []  # folds to train; empty: every fold of folds.n_folds
     pseudo: bool = False  # every fold also trains on the pseudo-labelled images of
     # work/coco/pseudo.json (`cellpipe pseudo`); validation stays on the fold's held-out images
@@ -561,6 +570,12 @@ class Config(Section):
         unknown = [f for f in self.predict.models if f not in known]
         if unknown:
             raise ValueError(f"predict.models: unknown family {unknown[0]!r}; known: {known}")
+        for stage, train in (("pretrain", self.pretrain), ("finetune", self.finetune)):
+            unknown = (
+                [f for f in train.init if f not in known] if isinstance(train.init, dict) else []
+            )
+            if unknown:
+                raise ValueError(f"{stage}.init: unknown family {unknown[0]!r}; known: {known}")
         for family in self.families:
             block = self.model.block(family)
             floor = getattr(block, "score_floor", None)

@@ -555,3 +555,35 @@ def test_fine_tuning_moves_away_from_the_pretrained_start(zero_shot):
     weights = read_checkpoint(work / "finetune" / "cellpose" / "fold0" / "model_best.pth")["model"]
     name = "downsample.down.res_down_0.conv.conv_1.2.weight"
     assert not torch.equal(weights[f"net.{name}"], state[name])
+
+
+def test_pretraining_starts_from_cellpose_weights_and_fine_tuning_from_it(tmp_path):
+    state = cellpose_state([2, 4, 8, 16], seed=5)
+    torch.save(state, tmp_path / "cellpose.pth")
+    livecell = [
+        "convert.livecell=true",
+        "prepare.synthetic.livecell_train_images=2",
+        "prepare.synthetic.livecell_val_images=1",
+        "prepare.synthetic.livecell_test_images=0",
+        "pretrain.solver.num_workers=0",
+        "pretrain.solver.eval_period=0",
+        "pretrain.augment.crop=[64,64]",
+    ]
+    settings = [
+        f"work_dir={tmp_path}",
+        *CHAIN,
+        *livecell,
+        # a mapping: each family its own start (the Kaggle config's cellpose beside maskrcnn)
+        f"pretrain.init={{cellpose: {tmp_path / 'cellpose.pth'}}}",
+        "pretrain.solver.max_iter=0",
+        "finetune.init=pretrain",
+        "finetune.solver.max_iter=0",
+        "finetune.folds=[0]",
+    ]
+    for command in ("prepare", "convert", "folds", "pretrain", "finetune"):
+        assert cellpipe([command, *settings]) == 0, command
+    for model in ("pretrain/cellpose/model_final.pth", "finetune/cellpose/fold0/model_best.pth"):
+        weights = read_checkpoint(tmp_path / model)["model"]
+        for name, tensor in state.items():
+            if not name.startswith("diam_"):
+                assert torch.equal(weights[f"net.{name}"], tensor), (model, name)

@@ -50,6 +50,17 @@ def test_families_are_predict_models_else_the_family():
     assert [p.parent.parent.name for p in cfg.fold_models()] == ["flow_unet"] * 5  # trained only
 
 
+def test_init_is_one_start_for_every_family_or_one_per_family():
+    cfg = load_config(overrides=["pretrain.init=w.pth", "finetune.init=random"])
+    assert [cfg.pretrain.start(f) for f in ("cellpose", "maskrcnn")] == ["w.pth", "w.pth"]
+    assert cfg.finetune.start("cellpose") == "random"
+    cfg = load_config(
+        overrides=["pretrain.init={cellpose: cp.pth}", "finetune.init={maskrcnn: random}"]
+    )
+    assert [cfg.pretrain.start(f) for f in ("cellpose", "maskrcnn")] == ["cp.pth", "random"]
+    assert [cfg.finetune.start(f) for f in ("cellpose", "maskrcnn")] == ["pretrain", "random"]
+
+
 def test_yaml_base_chain_and_overrides(tmp_path):
     (tmp_path / "base.yaml").write_text(
         "folds:\n  n_folds: 3\n  seed: 7\npredict:\n  tta: [none, hflip, vflip]\n"
@@ -81,7 +92,12 @@ def written(path: Path) -> dict[tuple, object]:
     """What a config file sets, its `_base_` chain's settings under its own."""
     data = yaml.safe_load(path.read_text())
     base = data.pop("_base_", None)
-    return {**(written(path.parent / base) if base else {}), **leaves(data)}
+    own = leaves(data)
+    inherited = written(path.parent / base) if base else {}
+    # a key the file sets replaces the base's value whole, even a value of another shape (a
+    # string replaced by a mapping: pretrain.init)
+    replaced = {k for k in inherited for o in own if k[: len(o)] == o or o[: len(k)] == k}
+    return {**{k: v for k, v in inherited.items() if k not in replaced}, **own}
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
@@ -118,6 +134,7 @@ def test_parse_overrides_types():
         (["prepare.source=web"], "config prepare.source: Input should be 'synthetic' or 'kaggle'"),
         (["model.family=unet"], "config model: unknown family 'unet'; known: maskrcnn"),
         (["predict.models=[unet]"], "config: predict.models: unknown family 'unet'"),
+        (["finetune.init={unet: a.pth}"], "config: finetune.init: unknown family 'unet'"),
         (["model.backbone=resnet18_fpn"], "model.backbone moved to model.maskrcnn.backbone"),
         (
             ["model.maskrcnn.grid.score=[0.01,0.5]"],

@@ -502,6 +502,18 @@ def test_an_inference_bundle_leaves_the_pretrained_model_out(project):
     assert run_kernels(project, "--force") == 0  # as the other tests expect it
 
 
+def test_a_family_s_init_file_travels_as_where_its_fine_tuning_starts(project):
+    root, _, _ = project
+    start = root / "work" / "finetune" / "maskrcnn" / "fold1" / "model_best.pth"  # any weights
+    manifest = root / "work" / "kernels" / "bundle" / "cellpipe-bundle.json"
+    assert run_kernels(project, f"finetune.init={{maskrcnn: {start}}}", "--force") == 0
+    pretrained = json.loads(manifest.read_text())["pretrained"]
+    assert pretrained == {"maskrcnn": "pretrained/maskrcnn-model_best.pth"}
+    bundled = root / "work" / "kernels" / "weights" / pretrained["maskrcnn"]
+    assert file_digest(bundled) == file_digest(start)
+    assert run_kernels(project, "--force") == 0  # as the other tests expect it
+
+
 def test_weights_as_dataset_go_inside_the_bundle(project):
     root, _, _ = project
     kernels = root / "work" / "kernels"

@@ -45,6 +45,7 @@ from pipeline.kaggle.wheels import (
     detectron2_wheel,
     download_wheels,
 )
+from pipeline.training.runs import trained_families
 
 WEIGHTS_MARKER = "cellpipe-weights.json"  # in the Kaggle Model instance: how kernels find it
 
@@ -72,24 +73,23 @@ def train_config(cfg: Config) -> Config:
 
 
 def pretrained_models(cfg: Config, train: Config) -> dict[str, Path]:
-    """The files the training kernel's finetune starts from, to be bundled: {"init": file} for
-    a `finetune.init` file, else each trained family's pretrained model (`include_pretrained`)."""
-    init = train.finetune.init
-    if init == "random" or (init == "pretrain" and not cfg.kernels.bundles_pretrained):
-        return {}
-    if init != "pretrain":
-        return {"init": Path(init)}
+    """Family -> the file the training kernel's finetune starts it from, to be bundled: its
+    `finetune.init` file, or its pretrained model (`include_pretrained`); families that start
+    from random weights, or pretrain on Kaggle, have none."""
+    starts = {f: train.finetune.start(f) for f in trained_families(train)}
+    files = {f: Path(s) for f, s in starts.items() if s not in ("random", "pretrain")}
     summary = cfg.layout.pretrain_summary  # an input of the stage: absent, it stops before
-    if not summary.is_file():
-        return {}
+    pretrain = [f for f, s in starts.items() if s == "pretrain"]
+    if not pretrain or not cfg.kernels.bundles_pretrained or not summary.is_file():
+        return files
     models = {f: Path(p) for f, p in json.loads(summary.read_text())["families"].items() if p}
-    for family in models:
-        if family in train.families and train.model.network(family) != cfg.model.network(family):
+    for family in pretrain:
+        if family in models and train.model.network(family) != cfg.model.network(family):
             raise CellpipeError(
                 f"kernels.train_config has another {family} model than this run's pretrained "
                 "one: set kernels.include_pretrained=false (pretrain on Kaggle) or finetune.init"
             )
-    return {f: p for f, p in models.items() if f in train.families}
+    return {**files, **{f: models[f] for f in pretrain if f in models}}
 
 
 def inputs(cfg: Config) -> list[Path]:
@@ -99,7 +99,8 @@ def inputs(cfg: Config) -> list[Path]:
     if params.inference:
         files += [layout.thresholds, *bundled_models(cfg)]
     train = train_config(cfg)
-    if train.finetune.init == "pretrain" and params.bundles_pretrained:
+    starts = {train.finetune.start(f) for f in trained_families(train)}
+    if "pretrain" in starts and params.bundles_pretrained:
         files.append(layout.pretrain_summary)
     files += pretrained_models(cfg, train).values()
     if params.train_config is not None:
@@ -170,7 +171,7 @@ def build(cfg: Config) -> None:
             "train_config": "train.yaml",
             "thresholds": "thresholds.json" if params.inference else None,
             "checkpoints": checkpoints,
-            "pretrained": pretrained,  # family -> model, or "init" -> finetune.init's file
+            "pretrained": pretrained,  # family -> the file its fine-tuning starts from
             "wheels": sorted(f"wheels/{p.name}" for p in wheels.glob("*.whl")),
             "files": [f"files/{p.name}" for p in params.extra_files],
             "sources": {n: str(p) for n, p in zip(checkpoints, models)},

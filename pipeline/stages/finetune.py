@@ -43,7 +43,7 @@ def main(cfg: Config, args: argparse.Namespace) -> None:
     with distributed_context(train.solver.device) as ctx:
         for family in families:
             start = init_weights(cfg, family, train)
-            if start is None and train.init == "pretrain" and ctx.main:
+            if start is None and train.start(family) == "pretrain" and ctx.main:
                 print(f"finetune: no pretrained {family} model: starting from random weights")
             for k in chosen:
                 params = run_params(cfg, family, train, fold=k)

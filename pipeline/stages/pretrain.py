@@ -39,7 +39,9 @@ def main(cfg: Config, args: argparse.Namespace) -> None:
         with distributed_context(train.solver.device) as ctx:
             for family in families:
                 params = run_params(cfg, family, train)
-                start = None if train.init == "pretrain" else init_weights(cfg, family, train)
+                start = (
+                    None if train.start(family) == "pretrain" else init_weights(cfg, family, train)
+                )
                 run_stage(
                     f"pretrain_{family}",
                     cfg,

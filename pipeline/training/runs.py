@@ -75,12 +75,13 @@ def pretrained_model(cfg: Config, family: str) -> Path | None:
 
 
 def init_weights(cfg: Config, family: str, train: TrainConfig) -> Path | None:
-    """The file a run starts from (None: random weights)."""
-    if train.init == "random":
+    """The file a run of `family` starts from (None: random weights)."""
+    start = train.start(family)
+    if start == "random":
         return None
-    if train.init == "pretrain":
+    if start == "pretrain":
         return pretrained_model(cfg, family)
-    return Path(train.init)
+    return Path(start)
 
 
 def _first(batch: list) -> Any:
