@@ -1,8 +1,5 @@
-"""The one config system for every stage.
-
-Defaults live here, in typed pydantic models, each field commented. An experiment is a small YAML
-file in `configs/` (optionally `_base_: other.yaml`) plus `key.sub=value` overrides from the
-command line. The resolved config is frozen; each stage saves the part it read beside its outputs.
+"""The config schema: typed pydantic blocks with their defaults, one per stage or family, and
+`Config`, their root. Each field's `description` says what it means (`cellpipe config --explain`).
 """
 
 from __future__ import annotations
@@ -10,12 +7,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, model_validator
 
-from pipeline.core.errors import CellpipeError, full_message
+from pipeline.config.layout import Layout
 
-# the eight symmetries of the square, as pipeline.core.ensemble.VIEWS names them
 View = Literal["none", "hflip", "vflip", "hvflip", "transpose", "rot90", "rot270", "antitranspose"]
 
 RleOrder = Literal["row", "column"]
@@ -575,147 +570,3 @@ class Config(Section):
                     f"score floor {floor:g} (model.{family}.score_thresh)"
                 )
         return self
-
-
-class Layout:
-    """Declared files of every stage: the Makefile mirrors these names."""
-
-    def __init__(self, work: Path, data: Path):
-        self.work = work
-        self.data = data
-        self.train_csv = data / "train.csv"
-        self.train_images = data / "train"
-        self.test_images = data / "test"
-        self.semi_images = data / "train_semi_supervised"  # unlabelled: pseudo-labels
-        self.sample_submission = data / "sample_submission.csv"
-        self.test_truth = data / "test_truth.csv"  # optional: held-out images' truth, reported
-        self.livecell = data / "LIVECell_dataset_2021"
-        self.coco_dir = work / "coco"
-        self.coco_train = self.coco_dir / "train.json"
-        self.coco_test = self.coco_dir / "test.json"
-        self.coco_livecell_train = self.coco_dir / "livecell_train.json"
-        self.coco_livecell_val = self.coco_dir / "livecell_val.json"
-        self.coco_pseudo = self.coco_dir / "pseudo.json"  # cellpipe pseudo's labels
-        self.folds_csv = work / "folds.csv"
-        self.manifests = work / "manifests"
-        self.pretrain_dir = work / "pretrain"
-        self.pretrain_summary = self.pretrain_dir / "summary.json"  # each family's model or none
-        self.finetune_dir = work / "finetune"
-        self.finetune_summary = self.finetune_dir / "summary.json"  # per-fold validation scores
-        self.predictions_dir = work / "predictions"  # box-cropped, one .npz a family and split
-        self.predictions_index = self.predictions_dir / "index.json"  # families and their files
-        self.thresholds = work / "thresholds.json"
-        self.postprocess_dir = work / "postprocess"  # final instances, one CSV a split
-        self.submission = work / "submission.csv"
-        self.scores_dir = work / "scores"  # one JSON per scored submission
-        self.leaderboard_dir = work / "leaderboard"  # leaderboard plots
-        self.kernels_dir = work / "kernels"  # what `cellpipe push` uploads to Kaggle:
-        self.kernels_bundle = self.kernels_dir / "bundle"  # the dataset (wheels, models, config)
-        self.kernels_manifest = self.kernels_bundle / "cellpipe-bundle.json"  # how kernels find it
-        self.kernels_inference = self.kernels_dir / "inference"  # the code-submission notebook
-        self.kernels_train = self.kernels_dir / "train"  # the GPU fine-tuning notebook
-        self.kernels_weights = self.kernels_dir / "weights"  # the Kaggle Model instance's files
-
-    def pretrain_run(self, family: str) -> Path:
-        return self.pretrain_dir / family
-
-    def pretrain_model(self, family: str) -> Path:
-        return self.pretrain_run(family) / "model_final.pth"
-
-    def finetune_run(self, family: str, fold: int) -> Path:
-        return self.finetune_dir / family / f"fold{fold}"
-
-    def finetune_model(self, family: str, fold: int) -> Path:
-        return self.finetune_run(family, fold) / "model_best.pth"
-
-    def predictions(self, family: str, split: str) -> Path:
-        return self.predictions_dir / family / f"{split}.npz"
-
-    def postprocessed(self, split: str, family: str | None = None) -> Path:
-        """The final instances of a split: of the ensemble, or of one family alone."""
-        folder = self.postprocess_dir / family if family else self.postprocess_dir
-        return folder / f"{split}.csv"
-
-    def livecell_annotations(self, split: str) -> Path:
-        return self.livecell / "annotations" / "LIVECell" / f"livecell_coco_{split}.json"
-
-    def livecell_images(self, split: str) -> Path:
-        sub = "livecell_test_images" if split == "test" else "livecell_train_val_images"
-        return self.livecell / "images" / sub
-
-
-def _yaml_problem(error: yaml.YAMLError) -> str:
-    """Where and what a YAML error is, on one line: `line 3, column 2: expected <block end>, but
-    found '<block mapping start>' while parsing a block mapping from line 1`."""
-    mark, context_mark = getattr(error, "problem_mark", None), getattr(error, "context_mark", None)
-    if mark is None:
-        return full_message(error)
-    context = getattr(error, "context", None)
-    since = f" {context} from line {context_mark.line + 1}" if context and context_mark else ""
-    return f"line {mark.line + 1}, column {mark.column + 1}: {error.problem}{since}"
-
-
-def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    path = path.resolve()
-    if path in seen:
-        raise CellpipeError(f"config {path}: _base_ cycle")
-    if not path.is_file():
-        raise CellpipeError(f"missing config file: {path}")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        raise CellpipeError(f"config {path}: not valid YAML ({_yaml_problem(e)})") from e
-    except UnicodeDecodeError as e:
-        raise CellpipeError(f"config {path}: not UTF-8 text (byte {e.start})") from e
-    if not isinstance(data, dict):
-        raise CellpipeError(f"config {path}: expected a mapping at the top level")
-    base = data.pop("_base_", None)
-    if base is None:
-        return data
-    return _merge(_read_yaml(path.parent / base, (*seen, path)), data)
-
-
-def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
-def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """`["folds.n_folds=3", "work_dir=/tmp/w"]` -> nested dict; values parsed as YAML scalars."""
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise CellpipeError(f"override {item!r}: expected key.sub=value")
-        node = out
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise CellpipeError(f"override {item!r}: {part} is set twice")
-        node[leaf] = yaml.safe_load(raw) if raw else ""
-    return out
-
-
-def load_config(path: Path | str | None = None, overrides: list[str] | None = None) -> Config:
-    """Defaults, then the YAML file (with its `_base_` chain), then command-line overrides."""
-    data = _read_yaml(Path(path)) if path is not None else {}
-    data = _merge(data, parse_overrides(overrides or []))
-    try:
-        return Config.model_validate(data)
-    except ValidationError as e:
-        first = e.errors()[0]
-        where = "".join(f" {p}" if i == 0 else f".{p}" for i, p in enumerate(first["loc"]))
-        more = f" (+{e.error_count() - 1} more)" if e.error_count() > 1 else ""
-        message = first["msg"].removeprefix("Value error, ")
-        raise CellpipeError(f"config{where}: {message}{more}") from e
-
-
-def dump_yaml(section: BaseModel) -> str:
-    """A config block as YAML, paths as strings."""
-    return yaml.safe_dump(section.model_dump(mode="json"), sort_keys=False)
