@@ -118,7 +118,6 @@ def test_parse_overrides_types():
         (["prepare.source=web"], "config prepare.source: Input should be 'synthetic' or 'kaggle'"),
         (["model.family=unet"], "config model: unknown family 'unet'; known: maskrcnn"),
         (["predict.models=[unet]"], "config: predict.models: unknown family 'unet'"),
-        (["model.backbone=resnet18_fpn"], "model.backbone moved to model.maskrcnn.backbone"),
         (
             ["model.maskrcnn.grid.score=[0.01,0.5]"],
             "model.maskrcnn.grid.score has 0.01, below the score floor 0.05",

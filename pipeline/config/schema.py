@@ -236,18 +236,6 @@ class ModelConfig(Section):
     detectron2: Detectron2Config = Detectron2Config()
     cellpose: CellposeConfig = CellposeConfig()
 
-    @model_validator(mode="before")
-    @classmethod
-    def _moved_keys(cls, data: Any) -> Any:
-        """Keys of the flat Mask R-CNN config that moved into `model.maskrcnn`."""
-        if isinstance(data, dict):
-            moved = sorted(set(data) & (set(MaskRCNNConfig.model_fields) | {"arch"}))
-            if moved:
-                key = moved[0]
-                new = "model.family" if key == "arch" else f"model.maskrcnn.{key}"
-                raise ValueError(f"model.{key} moved to {new}")
-        return data
-
     @model_validator(mode="after")
     def _known_family(self) -> ModelConfig:
         if self.family not in self.families():
@@ -331,15 +319,6 @@ class TrainConfig(Section):
     val_max_images: int = 0  # validate on the first N validation images; 0: all
     # validation paints with the family's thresholds (model.<family>.thresholds)
 
-    @model_validator(mode="before")
-    @classmethod
-    def _moved_keys(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            for key, field in (("val_score_thresh", "score"), ("val_mask_thresh", "mask")):
-                if key in data:
-                    raise ValueError(f"{key} moved to model.<family>.thresholds.{field}")
-        return data
-
 
 class PretrainConfig(TrainConfig):
     """LIVECell pretraining: all cell lines as one "cell" class by default."""
@@ -392,17 +371,6 @@ class TuneConfig(Section):
     rounds: int = 2  # passes over every (class, threshold)
     min_class_images: int = 4  # classes with fewer out-of-fold images share one set of thresholds
     ensemble: EnsembleConfig = EnsembleConfig()
-
-    @model_validator(mode="before")
-    @classmethod
-    def _moved_keys(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            if "start" in data:
-                raise ValueError("tune.start moved to model.<family>.thresholds")
-            for key in ("score", "mask", "min_area", "min_keep"):
-                if key in data:
-                    raise ValueError(f"tune.{key} moved to model.<family>.grid.{key}")
-        return data
 
 
 class WeightsConfig(Section):

@@ -2,8 +2,7 @@
 
 A cellpipe checkpoint is a dict with `model` (the state dict), `family`, `model_config` (the
 family's config block), `classes`, and what training adds (iteration, best score, optimizer...).
-Checkpoints written before families existed (a flat Mask R-CNN `model_config`) read as family
-`maskrcnn`. Files are loaded with `weights_only=True` (`.pkl` model-zoo files with an unpickler
+Files are loaded with `weights_only=True` (`.pkl` model-zoo files with an unpickler
 that only rebuilds arrays): tensors and plain data, never code. Foreign weights (torchvision,
 detectron2) go through pipeline.models.foreign_weights.
 """
@@ -19,7 +18,7 @@ from typing import Any
 
 import torch
 
-from pipeline.config import MaskRCNNConfig, ModelConfig
+from pipeline.config import ModelConfig
 from pipeline.core.errors import CellpipeError
 from pipeline.models import CellModel, build_model
 from pipeline.models.foreign_weights import (
@@ -93,11 +92,8 @@ def is_cellpipe(obj: dict[str, Any]) -> bool:
 
 
 def family_of(obj: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    """A cellpipe checkpoint's family and config block (older flat ones are Mask R-CNN)."""
-    if "family" in obj:
-        return obj["family"], dict(obj["model_config"])
-    fields = MaskRCNNConfig.model_fields
-    return "maskrcnn", {k: v for k, v in obj["model_config"].items() if k in fields}
+    """A cellpipe checkpoint's family and config block."""
+    return obj["family"], dict(obj["model_config"])
 
 
 def checkpoint_meta(cfg: ModelConfig, family: str, classes: Sequence[str]) -> dict[str, Any]:
