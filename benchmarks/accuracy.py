@@ -130,7 +130,7 @@ def image_scores(cfg, thresholds: dict) -> tuple[dict, dict[str, str]]:
         used = [f for f, w in entry["weights"].items() if w > 0]
         block = cfg.model.block(used[0]) if len(used) == 1 else cfg.tune.ensemble
         start = Thresholds(
-            default=block.thresholds.to_core(),
+            default=block.thresholds,
             class_mode=cfg.tune.class_mode,
             order=cfg.tune.order,
         )

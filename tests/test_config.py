@@ -113,7 +113,7 @@ def test_parse_overrides_types():
         ),
         (
             ["model.flow_unet.thresholds.max_eror=1"],
-            "config model.flow_unet.thresholds.max_eror: Extra inputs are not permitted",
+            "config model.flow_unet.thresholds.max_eror: Unexpected keyword argument",
         ),
         (["prepare.source=web"], "config prepare.source: Input should be 'synthetic' or 'kaggle'"),
         (["model.family=unet"], "config model: unknown family 'unet'; known: maskrcnn"),

@@ -31,7 +31,7 @@ def segment(labels, image, scale=1.0, **settings):
     cfg = cfg.model.model_copy(update={"scale": scale})
     model = build_model(cfg, ["cell"], "watershed")
     (pred,) = model.predict([torch.from_numpy(image)[None]])
-    thresholds = Thresholds(default=cfg.watershed.thresholds.to_core())
+    thresholds = Thresholds(default=cfg.watershed.thresholds)
     return pred, postprocess_image(pred, thresholds)[0]
 
 

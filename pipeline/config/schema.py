@@ -10,8 +10,8 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, model_validator
 
 from pipeline.config.layout import Layout
-
-View = Literal["none", "hflip", "vflip", "hvflip", "transpose", "rot90", "rot270", "antitranspose"]
+from pipeline.core.thresholds import ClassThresholds
+from pipeline.core.views import View
 
 RleOrder = Literal["row", "column"]
 
@@ -64,28 +64,8 @@ class FoldsConfig(Section):
     group_by: str = "sample_id"
 
 
-class ThresholdsConfig(Section):
-    """Postprocessing thresholds of one class (see pipeline.core.postprocess.ClassThresholds).
-
-    Each family's config block holds its own defaults (`model.<family>.thresholds`): validation
-    paints with them, `tune` starts from them, `postprocess` uses them for classes it did not tune.
-    """
-
-    score: float = 0.5  # keep instances scoring at least this
-    mask: float = 0.5  # mask probability at which a pixel belongs to the instance
-    min_area: int = 10  # pixels an instance must keep after overlap removal
-    min_keep: float = 0.0  # fraction of its own area an instance must keep
-    max_error: float | None = None  # the family's per-instance error must be at most this; None:
-    # no limit (families without an error measure report 0)
-
-    def to_core(self):
-        from pipeline.core.postprocess import ClassThresholds
-
-        return ClassThresholds(**self.model_dump())
-
-
 class GridConfig(Section):
-    """Values `tune` tries for each threshold of `ThresholdsConfig` (an empty list: not tuned)."""
+    """Values `tune` tries for each threshold of `ClassThresholds` (an empty list: not tuned)."""
 
     score: list[float] = [0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7]
     mask: list[float] = [0.3, 0.4, 0.5, 0.6]
@@ -122,7 +102,7 @@ class RCNNConfig(Section):
     nms_thresh: float = 0.5  # per-class box NMS at inference
     pixel_mean: list[float] = [0.485, 0.456, 0.406]  # of RGB images in [0, 1]; grey uses all three
     pixel_std: list[float] = [0.229, 0.224, 0.225]
-    thresholds: ThresholdsConfig = ThresholdsConfig()  # validation / tune start / fallback
+    thresholds: ClassThresholds = ClassThresholds()  # validation / tune start / fallback
     grid: GridConfig = GridConfig()  # what tune searches, per class
 
     @property
@@ -162,7 +142,7 @@ class WatershedConfig(Section):
     foreground: float = 0.3  # probability above which a pixel is split into cells (permissive:
     # the tuned `mask` threshold trims each cell)
     min_distance: int = 8  # px between the distance-transform maxima that seed cells
-    thresholds: ThresholdsConfig = ThresholdsConfig(score=0.0, mask=0.5, min_area=15)
+    thresholds: ClassThresholds = ClassThresholds(score=0.0, mask=0.5, min_area=15)
     grid: GridConfig = GridConfig(
         score=[0.0, 0.55, 0.6, 0.7], mask=[0.3, 0.4, 0.5, 0.6, 0.7], min_area=[0, 15, 30, 60]
     )
@@ -178,11 +158,11 @@ class FlowConfig(Section):
     # the tuned `mask` threshold trims each cell)
     min_size: int = 5  # px: smaller groups of converging pixels are dropped before tuning
     n_iter: int = 200  # flow-following steps
-    # map-level TTA: views (pipeline.core.ensemble.VIEWS) whose maps are averaged before masks
+    # map-level TTA: views (pipeline.core.views.VIEWS) whose maps are averaged before masks
     # are recovered, flows turned back with the image (predict.tta merges instances instead)
     map_tta: list[View] = ["none"]
     # out-of-fold tuning on the synthetic and the real-cell data agreed on these
-    thresholds: ThresholdsConfig = ThresholdsConfig(score=0.6, mask=0.4, min_area=15, max_error=0.8)
+    thresholds: ClassThresholds = ClassThresholds(score=0.6, mask=0.4, min_area=15, max_error=0.8)
     grid: GridConfig = GridConfig(
         score=[0.0, 0.6, 0.7],
         mask=[0.3, 0.4, 0.5, 0.6],
@@ -341,7 +321,7 @@ class PredictConfig(Section):
 
     splits: list[Literal["oof", "test"]] = ["oof", "test"]
     models: list[str] = []  # families whose predictions are combined; empty: [model.family]
-    tta: list[View] = ["none", "hflip"]  # views of each image (pipeline.core.ensemble.VIEWS)
+    tta: list[View] = ["none", "hflip"]  # views of each image (pipeline.core.views.VIEWS)
     scales: list[float] = [1.0]  # multi-scale TTA: each multiplies model.scale for one pass
     checkpoints: list[Path] = []  # test models (any family); empty: every fold's best model
     merge_iou: float = 0.55  # box IoU above which detections of two views are one instance
@@ -354,7 +334,7 @@ class EnsembleConfig(Section):
     """The families of `predict.models` merged into one prediction per image (mask voting)."""
 
     weights: list[float] = [0.0, 0.5, 1.0]  # each family's weight is searched over these
-    thresholds: ThresholdsConfig = ThresholdsConfig(score=0.3)  # of the merged predictions
+    thresholds: ClassThresholds = ClassThresholds(score=0.3)  # of the merged predictions
     grid: GridConfig = GridConfig(score=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6])
 
 

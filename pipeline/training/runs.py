@@ -155,7 +155,7 @@ def train_run(
         )
         val_records, _ = load_records(val_coco, cfg.data, val_mapping, image_ids[1], True)
         val_set = CocoImages(val_records[: train.val_max_images or None])
-        thresholds = Thresholds(default=block.thresholds.to_core())
+        thresholds = Thresholds(default=block.thresholds)
 
         def validate(model: CellModel) -> dict[str, float]:
             workers = min(train.solver.num_workers, 2)
