@@ -27,10 +27,13 @@ from pipeline.models.base import CellModel, image_to_tensor
 from pipeline.models.checkpoints import family_of, read_checkpoint
 
 
-def device_for(choice: str) -> torch.device:
-    """`auto`: CUDA when available; `cuda` or `cpu` as asked."""
+def device_for(choice: str, index: int = 0) -> torch.device:
+    """The device a `device` setting names: `auto`, CUDA (GPU `index`) when available, else the
+    CPU; `cuda` (a one-line error without a GPU) or `cpu` as asked."""
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise CellpipeError("device is cuda but no CUDA device is available")
     cuda = choice == "cuda" or (choice == "auto" and torch.cuda.is_available())
-    return torch.device("cuda" if cuda else "cpu")
+    return torch.device("cuda", index) if cuda else torch.device("cpu")
 
 
 def view_tensor(image: torch.Tensor, view: str) -> torch.Tensor:
