@@ -6,7 +6,8 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from pipeline.config import Config, load_config, parse_overrides
+from pipeline.cli import main as cellpipe
+from pipeline.config import CellposeConfig, Config, load_config, parse_overrides
 from pipeline.core.errors import CellpipeError
 
 CONFIGS = sorted(Path(__file__).parents[1].joinpath("configs").glob("*.yaml"))
@@ -153,3 +154,61 @@ def test_bad_files(tmp_path):
     (tmp_path / "typo.yaml").write_text("folds:\n  n_fold: 3\n")
     with pytest.raises(CellpipeError, match="config folds.n_fold: Extra inputs are not permitted"):
         load_config(tmp_path / "typo.yaml")
+
+
+def _cellpipe_config(capsys, *argv: str) -> tuple[int, str, str]:
+    code = cellpipe(["config", *argv])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_config_explain_prints_type_default_value_and_meaning(tmp_path, capsys):
+    experiment = tmp_path / "x.yaml"
+    experiment.write_text("model:\n  cellpose:\n    size: labels\n")
+    code, out, _ = _cellpipe_config(
+        capsys, "--explain", "model.cellpose.size", "-c", str(experiment)
+    )
+    assert code == 0
+    assert out.splitlines()[:4] == [
+        "model.cellpose.size",
+        "  type: Literal['first_pass', 'labels', 'none']",
+        "  default: first_pass",
+        "  value: labels",
+    ]
+    assert "how images are sized so that cells are diam_mean wide" in out
+    code, out, _ = _cellpipe_config(
+        capsys, "--explain", "finetune.solver.max_iter", "finetune.solver.max_iter=12"
+    )
+    assert out.splitlines()[1:4] == ["  type: int", "  default: 3000", "  value: 12"]
+    # a threshold's default is its family's, the description the core dataclass's
+    code, out, _ = _cellpipe_config(capsys, "--explain", "model.flow_unet.thresholds.score")
+    assert "  default: 0.6" in out and "keep instances scoring at least this" in out
+
+
+def test_config_explain_of_a_block_lists_its_keys(capsys):
+    code, out, _ = _cellpipe_config(capsys, "--explain", "model.cellpose", "model.cellpose.tile=0")
+    lines = out.splitlines()
+    assert code == 0 and lines[0].startswith("model.cellpose: Family `cellpose`")
+    keys = [line.split(" = ")[0].strip() for line in lines if line.startswith("  ")]
+    assert keys == list(
+        Config.model_fields["model"].annotation.model_fields["cellpose"].annotation.model_fields
+    )
+    assert "  tile = 0  # px: larger images are seen in overlapping tiles" in out
+
+
+def test_config_explain_of_an_unknown_key_names_the_closest(capsys):
+    code, out, err = _cellpipe_config(capsys, "--explain", "model.cellpose.siz")
+    assert code == 2 and out == ""
+    assert err == (
+        "cellpipe config: error: unknown config key 'model.cellpose.siz'; closest: "
+        "model.cellpose.size, model.cellpose.min_size, model.cellpose\n"
+    )
+
+
+def test_config_prints_the_resolved_config_as_yaml(capsys):
+    code, out, _ = _cellpipe_config(capsys, "folds.n_folds=3", "model.family=watershed")
+    assert code == 0
+    assert load_config(overrides=["folds.n_folds=3", "model.family=watershed"]) == Config(
+        **yaml.safe_load(out)
+    )
+    assert yaml.safe_load(out)["folds"]["n_folds"] == 3

@@ -25,12 +25,12 @@ class Section(BaseModel):
 class SyntheticConfig(Section):
     """The embedded dataset: the competition's exact layout, sized for a fast CPU chain."""
 
-    seed: int = 0
+    seed: int = Field(0, description="random seed of the generated images")
     height: int = Field(
         520,
-        description="real Sartorius images are 520 x 704",
+        description="image height in pixels (real Sartorius images are 520 x 704)",
     )
-    width: int = 704
+    width: int = Field(704, description="image width in pixels")
     train_images_per_type: int = Field(
         8,
         description="per cell type (shsy5y, astro, cort)",
@@ -43,17 +43,27 @@ class SyntheticConfig(Section):
         3,
         description="the real competition shows 3 test images",
     )
-    semi_supervised_images: int = 6
-    livecell_train_images: int = 16
-    livecell_val_images: int = 4
-    livecell_test_images: int = 4
+    semi_supervised_images: int = Field(
+        6, description="unlabelled images in train_semi_supervised/"
+    )
+    livecell_train_images: int = Field(
+        16, description="images of the LIVECell-like pretraining set: train split"
+    )
+    livecell_val_images: int = Field(4, description="its validation split")
+    livecell_test_images: int = Field(4, description="its test split")
 
 
 class PrepareConfig(Section):
     """Where competition data comes from."""
 
-    source: Literal["synthetic", "kaggle"] = "synthetic"
-    competition: str = "sartorius-cell-instance-segmentation"
+    source: Literal["synthetic", "kaggle"] = Field(
+        "synthetic",
+        description="synthetic: generate the embedded dataset; kaggle: download the competition's",
+    )
+    competition: str = Field(
+        "sartorius-cell-instance-segmentation",
+        description="the Kaggle competition whose data `prepare` downloads",
+    )
     synthetic: SyntheticConfig = SyntheticConfig()
 
 
@@ -64,7 +74,11 @@ class ConvertConfig(Section):
         "row",
         description="Sartorius is row-major; DSB 2018 data is column-major",
     )
-    source_format: Literal["kaggle_csv", "label_images", "instance_masks"] = "kaggle_csv"
+    source_format: Literal["kaggle_csv", "label_images", "instance_masks"] = Field(
+        "kaggle_csv",
+        description="kaggle_csv: train.csv's RLE masks; label_images: one label image per "
+        "image; instance_masks: one mask file per instance",
+    )
     images_dir: str = Field(
         "train",
         description="for label-image formats: image folder, relative to data_dir",
@@ -82,20 +96,28 @@ class ConvertConfig(Section):
 class FoldsConfig(Section):
     """K-fold split stratified by cell type, grouped by sample."""
 
-    n_folds: int = 5
-    seed: int = 42
-    stratify_by: str = "cell_type"
-    group_by: str = "sample_id"
+    n_folds: int = Field(5, description="number of folds")
+    seed: int = Field(42, description="random seed of the split")
+    stratify_by: str = Field(
+        "cell_type", description="train.csv column whose values are spread evenly over the folds"
+    )
+    group_by: str = Field(
+        "sample_id", description="train.csv column whose images stay in one fold together"
+    )
 
 
 class GridConfig(Section):
     """Values `tune` tries for each threshold of `ClassThresholds` (an empty list: not tuned)."""
 
-    score: list[float] = [0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7]
-    mask: list[float] = [0.3, 0.4, 0.5, 0.6]
-    min_area: list[int] = [0, 10, 25, 50, 75, 100, 150]
-    min_keep: list[float] = [0.0, 0.3, 0.5, 0.7]
-    max_error: list[float | None] = []
+    score: list[float] = Field(
+        [0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7], description="score thresholds tried"
+    )
+    mask: list[float] = Field([0.3, 0.4, 0.5, 0.6], description="mask thresholds tried")
+    min_area: list[int] = Field(
+        [0, 10, 25, 50, 75, 100, 150], description="minimum areas tried (pixels)"
+    )
+    min_keep: list[float] = Field([0.0, 0.3, 0.5, 0.7], description="minimum kept fractions tried")
+    max_error: list[float | None] = Field([], description="maximum errors tried (None: no limit)")
 
     def values(self) -> dict[str, list]:
         """Threshold name -> values, the tuned ones only."""
@@ -135,8 +157,12 @@ class RCNNConfig(Section):
         2000,
         description="proposals per image after NMS",
     )
-    rpn_pre_nms_top_n_test: int = 2000
-    rpn_post_nms_top_n_test: int = 2000
+    rpn_pre_nms_top_n_test: int = Field(
+        2000, description="proposals per FPN level before NMS, at inference"
+    )
+    rpn_post_nms_top_n_test: int = Field(
+        2000, description="proposals per image after NMS, at inference"
+    )
     rpn_batch_size_per_image: int = Field(
         256,
         description="anchors sampled per image for the RPN loss",
@@ -161,7 +187,9 @@ class RCNNConfig(Section):
         [0.485, 0.456, 0.406],
         description="of RGB images in [0, 1]; grey uses all three",
     )
-    pixel_std: list[float] = [0.229, 0.224, 0.225]
+    pixel_std: list[float] = Field(
+        [0.229, 0.224, 0.225], description="of RGB images in [0, 1], per channel"
+    )
     thresholds: ClassThresholds = Field(
         ClassThresholds(),
         description="validation / tune start / fallback",
@@ -384,7 +412,7 @@ class SolverConfig(Section):
     """SGD (or AdamW) with warmup, then step or cosine decay (the seeds: SGD, lr 5e-3, momentum 0.9,
     wd 5e-4)."""
 
-    max_iter: int = 10000
+    max_iter: int = Field(10000, description="training iterations (batches)")
     ims_per_batch: int = Field(
         2,
         description="per process: under torchrun the batch is this x processes",
@@ -393,20 +421,24 @@ class SolverConfig(Section):
         "sgd",
         description="adamw: betas (momentum, 0.999)",
     )
-    base_lr: float = 5e-3
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
+    base_lr: float = Field(5e-3, description="learning rate after warmup, before decay")
+    momentum: float = Field(0.9, description="SGD momentum (AdamW: beta1)")
+    weight_decay: float = Field(5e-4, description="L2 weight decay (AdamW: decoupled)")
     warmup_iters: int = Field(
         500,
         description="linear warmup from base_lr x warmup_factor",
     )
-    warmup_factor: float = 1e-3
-    schedule: Literal["step", "cosine"] = "step"
+    warmup_factor: float = Field(
+        1e-3, description="the learning rate at iteration 0, as a fraction of base_lr"
+    )
+    schedule: Literal["step", "cosine"] = Field(
+        "step", description="step: lr *= gamma at lr_steps; cosine: cosine decay to 0 at max_iter"
+    )
     lr_steps: list[float] = Field(
         [0.6, 0.85],
         description="step schedule: fractions of max_iter where lr *= gamma",
     )
-    gamma: float = 0.1
+    gamma: float = Field(0.1, description="step schedule: the factor applied at each of lr_steps")
     clip_grad_norm: float = Field(
         10.0,
         description="0: no clipping",
@@ -432,7 +464,7 @@ class SolverConfig(Section):
         20,
         description="iterations between metrics.jsonl lines",
     )
-    seed: int = 0
+    seed: int = Field(0, description="random seed of initial weights and data sampling")
     num_workers: int = Field(
         4,
         description="data-loader processes per training process",
@@ -544,7 +576,11 @@ class FinetuneConfig(TrainConfig):
 class PredictConfig(Section):
     """Out-of-fold and test predictions, with test-time augmentation and model ensembling."""
 
-    splits: list[Literal["oof", "test"]] = ["oof", "test"]
+    splits: list[Literal["oof", "test"]] = Field(
+        ["oof", "test"],
+        description="oof: each fold's model on its held-out images; test: every model on "
+        "the test images",
+    )
     models: list[str] = Field(
         [],
         description="families whose predictions are combined; empty: [model.family]",
@@ -569,7 +605,7 @@ class PredictConfig(Section):
         1,
         description="views (x models) that must see an instance for it to be kept",
     )
-    batch_size: int = 2
+    batch_size: int = Field(2, description="images per forward pass")
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto",
         description="auto: cuda when available",
@@ -751,7 +787,10 @@ class KernelsConfig(Section):
         "3.11",
         description="the Kaggle image's Python and platforms, for pip download",
     )
-    platforms: list[str] = ["manylinux2014_x86_64", "manylinux_2_28_x86_64"]
+    platforms: list[str] = Field(
+        ["manylinux2014_x86_64", "manylinux_2_28_x86_64"],
+        description="pip download platforms of the Kaggle image",
+    )
     extra_files: list[Path] = Field(
         [],
         description="more files for the bundle's files/ folder",
