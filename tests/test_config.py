@@ -48,7 +48,10 @@ def test_families_are_predict_models_else_the_family():
     assert load_config(overrides=["model.family=flow_unet"]).families == ["flow_unet"]
     cfg = load_config(overrides=["predict.models=[watershed,flow_unet,watershed]"])
     assert cfg.families == ["watershed", "flow_unet"]
-    assert [p.parent.parent.name for p in cfg.fold_models()] == ["flow_unet"] * 5  # trained only
+    assert cfg.trained_families == ["flow_unet"]
+    assert cfg.fold_models() == {
+        "flow_unet": [cfg.layout.finetune_model("flow_unet", k) for k in range(5)]
+    }
 
 
 def test_yaml_base_chain_and_overrides(tmp_path):

@@ -15,9 +15,9 @@ import torchvision
 from torchvision.models.detection.roi_heads import paste_masks_in_image
 
 from pipeline.cli import main as cellpipe
-from pipeline.config import MaskRCNNConfig, ModelConfig, load_config
+from pipeline.config import MaskRCNNConfig, ModelConfig, WatershedConfig, load_config
 from pipeline.core.errors import CellpipeError
-from pipeline.models import CellModel, build_model, families, family_class
+from pipeline.models import CellModel, build_model, families, family_class, register
 from pipeline.models.checkpoints import checkpoint_meta, load_model, load_weights, read_checkpoint
 from pipeline.models.maskrcnn import BACKBONES, crop_mask_probs, torchvision_maskrcnn
 
@@ -51,6 +51,13 @@ def test_families_are_registered_with_their_config_blocks():
     listed = families()
     assert set(listed) == set(ModelConfig.families()) and "maskrcnn" in listed
     assert all(issubclass(cls, CellModel) and cls.family == name for name, cls in listed.items())
+    blocks = ModelConfig()
+    assert all(cls.config_class is type(blocks.block(name)) for name, cls in listed.items())
+    assert [name for name, cls in listed.items() if not cls.config_class.trainable] == ["watershed"]
+    with pytest.raises(ValueError, match="model.maskrcnn is no"):
+        register(
+            type("Other", (CellModel,), {"family": "maskrcnn", "config_class": WatershedConfig})
+        )
     with pytest.raises(CellpipeError, match="unknown model family 'yolo'; known: maskrcnn"):
         family_class("yolo")
     with pytest.raises(CellpipeError, match="config model: unknown family 'yolo'"):

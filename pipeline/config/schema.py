@@ -124,10 +124,40 @@ class GridConfig(Section):
         return {name: values for name, values in self.model_dump().items() if values}
 
 
-class RCNNConfig(Section):
-    """What every Mask R-CNN family (`maskrcnn`, `detectron2`) sets by the same names."""
+class FamilyConfig(Section):
+    """A model family's block, `model.<family>`: what its model is built from, and the defaults
+    of the postprocessing its predictions go through.
+
+    A family's block declares `trainable` (False: no weights, a classical method that every
+    training stage skips), its own `thresholds` and `grid` defaults where the common ones do not
+    suit it, and `score_floor` where its model never produces instances scoring below some value.
+    """
 
     trainable: ClassVar[bool] = True
+
+    thresholds: ClassThresholds = Field(
+        ClassThresholds(),
+        description="validation / tune start / fallback",
+    )
+    grid: GridConfig = Field(
+        GridConfig(),
+        description="what tune searches, per class",
+    )
+
+    @property
+    def score_floor(self) -> float | None:
+        """The score below which the model produces no instance (None: no floor); tuning and
+        thresholds below it are config mistakes."""
+        return None
+
+    def network(self) -> dict[str, Any]:
+        """What of the block shapes the model's weights: all but its postprocessing (`thresholds`,
+        `grid`), which tuning may change freely. A checkpoint loads where these agree."""
+        return self.model_dump(mode="json", exclude={"thresholds", "grid"})
+
+
+class RCNNConfig(FamilyConfig):
+    """What every Mask R-CNN family (`maskrcnn`, `detectron2`) sets by the same names."""
 
     norm: Literal["frozen_bn", "bn", "gn"] = Field(
         "frozen_bn",
@@ -190,18 +220,10 @@ class RCNNConfig(Section):
     pixel_std: list[float] = Field(
         [0.229, 0.224, 0.225], description="of RGB images in [0, 1], per channel"
     )
-    thresholds: ClassThresholds = Field(
-        ClassThresholds(),
-        description="validation / tune start / fallback",
-    )
-    grid: GridConfig = Field(
-        GridConfig(),
-        description="what tune searches, per class",
-    )
 
     @property
     def score_floor(self) -> float:
-        return self.score_thresh
+        return self.score_thresh  # detections below it are never produced
 
 
 class MaskRCNNConfig(RCNNConfig):
@@ -241,7 +263,7 @@ class Detectron2Config(RCNNConfig):
     )
 
 
-class WatershedConfig(Section):
+class WatershedConfig(FamilyConfig):
     """Family `watershed`: Otsu + distance-transform watershed, no training (the classical floor,
     pipeline/models/watershed.py)."""
 
@@ -275,11 +297,9 @@ class WatershedConfig(Section):
     )
 
 
-class FlowConfig(Section):
+class FlowConfig(FamilyConfig):
     """What the flow families (`flow_unet`, `cellpose`) set by the same names: how masks come back
     from their maps (pipeline/models/flow_maps.py)."""
-
-    trainable: ClassVar[bool] = True
 
     foreground: float = Field(
         0.3,
@@ -367,6 +387,10 @@ class CellposeConfig(FlowConfig):
     )
 
 
+def _is_family(annotation: Any) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, FamilyConfig)
+
+
 class ModelConfig(Section):
     """The model family (`model.family`, one of `cellpipe models`) and each family's block.
 
@@ -395,17 +419,16 @@ class ModelConfig(Section):
 
     @classmethod
     def families(cls) -> list[str]:
-        """Names of the families that have a config block."""
-        return [name for name in cls.model_fields if name not in ("family", "scale")]
+        """Names of the families: the fields that hold a `FamilyConfig` block."""
+        return [name for name, field in cls.model_fields.items() if _is_family(field.annotation)]
 
-    def block(self, family: str | None = None) -> Section:
+    def block(self, family: str | None = None) -> FamilyConfig:
         """The config block of `family` (default: `model.family`)."""
         return getattr(self, family or self.family)
 
     def network(self, family: str | None = None) -> dict[str, Any]:
-        """What of `family`'s block shapes its weights: the block without its postprocessing
-        (`thresholds`, `grid`), which tuning may change freely."""
-        return self.block(family).model_dump(mode="json", exclude={"thresholds", "grid"})
+        """What of `family`'s block shapes its weights (`FamilyConfig.network`)."""
+        return self.block(family).network()
 
 
 class SolverConfig(Section):
@@ -887,6 +910,11 @@ class Config(Section):
         return list(dict.fromkeys(self.predict.models)) or [self.model.family]
 
     @property
+    def trained_families(self) -> list[str]:
+        """The families of `families` that have weights to train (`FamilyConfig.trainable`)."""
+        return [f for f in self.families if self.model.block(f).trainable]
+
+    @property
     def folds_trained(self) -> list[int]:
         """The folds that get a fine-tuned model: finetune.folds, else every fold."""
         return list(self.finetune.folds) or list(range(self.folds.n_folds))
@@ -905,15 +933,12 @@ class Config(Section):
             folders = [layout.data / self.convert.images_dir]
         return [f for f in folders if f.is_dir()]
 
-    def fold_models(self) -> list[Path]:
-        """Every fold's best model of every trained family (the default test models)."""
-        layout = self.layout
-        return [
-            layout.finetune_model(family, k)
-            for family in self.families
-            if self.model.block(family).trainable
-            for k in self.folds_trained
-        ]
+    def fold_models(self) -> dict[str, list[Path]]:
+        """Per trained family, every trained fold's best model (the default test models)."""
+        return {
+            family: [self.layout.finetune_model(family, k) for k in self.folds_trained]
+            for family in self.trained_families
+        }
 
     @model_validator(mode="after")
     def _check(self) -> Config:
@@ -923,7 +948,7 @@ class Config(Section):
             raise ValueError(f"predict.models: unknown family {unknown[0]!r}; known: {known}")
         for family in self.families:
             block = self.model.block(family)
-            floor = getattr(block, "score_floor", None)
+            floor = block.score_floor
             if floor is None:
                 continue
             lowest = min(block.grid.score, default=floor)

@@ -57,7 +57,8 @@ def bundle_name(path: Path) -> str:
 
 def bundled_models(cfg: Config) -> list[Path]:
     """The bundled test models: `kernels.checkpoints`, else the ones `predict` would use."""
-    return list(cfg.kernels.checkpoints or cfg.predict.checkpoints) or cfg.fold_models()
+    fold_models = [path for paths in cfg.fold_models().values() for path in paths]
+    return list(cfg.kernels.checkpoints or cfg.predict.checkpoints) or fold_models
 
 
 def train_config(cfg: Config) -> Config:

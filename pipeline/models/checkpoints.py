@@ -121,11 +121,10 @@ def _check_architecture(
         state[k].shape == own[k].shape for k in body
     ):
         return
-    now = model.cfg.model_dump(mode="json")
     diffs = [
         f"model.{family}.{k}: {saved.get(k)!r} there, {v!r} here"
-        for k, v in now.items()
-        if saved.get(k) != v and k != "thresholds"
+        for k, v in model.cfg.network().items()
+        if saved.get(k) != v
     ]
     raise CellpipeError(f"{path} holds another model ({'; '.join(diffs) or 'other layers'})")
 

@@ -22,7 +22,8 @@ from pipeline.core.errors import CellpipeError
 from pipeline.core.fileio import read_json, write_json, write_text
 from pipeline.core.metrics import map_iou
 from pipeline.core.postprocess import Thresholds, postprocess_image
-from pipeline.models import CellModel, build_model, family_class
+from pipeline.core.thresholds import ClassThresholds
+from pipeline.models import CellModel, build_model
 from pipeline.models.checkpoints import checkpoint_meta, load_weights, read_checkpoint
 from pipeline.training.data import (
     ClassMapping,
@@ -39,7 +40,8 @@ class RunParams(Section):
     """What a training run depends on: a checkpoint with other params is not resumed."""
 
     family: str
-    model: dict[str, Any]  # the family's config block
+    model: dict[str, Any]  # what of the family's block shapes its weights (`network()`)
+    thresholds: ClassThresholds  # the family's, that validation paints with
     scale: float
     train: dict[str, Any]
     fold: int | None = None
@@ -48,16 +50,12 @@ class RunParams(Section):
 def run_params(cfg: Config, family: str, train: TrainConfig, fold: int | None = None) -> RunParams:
     return RunParams(
         family=family,
-        model=cfg.model.block(family).model_dump(mode="json"),
+        model=cfg.model.network(family),
+        thresholds=cfg.model.block(family).thresholds,
         scale=cfg.model.scale,
         train=train.model_dump(mode="json", exclude={"folds"}),
         fold=fold,
     )
-
-
-def trained_families(cfg: Config) -> list[str]:
-    """The families of `cfg.families` that have weights to train."""
-    return [f for f in cfg.families if family_class(f).trainable]
 
 
 def write_pretrain_summary(layout: Layout, models: dict[str, Path | None]) -> None:
