@@ -69,7 +69,7 @@ def predict_seconds(config: Path, overrides: list[str], repeats: int = 3) -> dic
 
     from pipeline.config import load_config
     from pipeline.core.fileio import read_image_checked, read_json
-    from pipeline.models import build_model, family_class
+    from pipeline.models import build_model
     from pipeline.models.base import image_to_tensor
     from pipeline.models.checkpoints import load_model
 
@@ -90,7 +90,7 @@ def predict_seconds(config: Path, overrides: list[str], repeats: int = 3) -> dic
                 one_view = [*overrides, f"model.{family}.map_tta=[none]"]
                 variants[f"{family} one view"] = load_config(config, one_view)
             for name, variant in variants.items():
-                if family_class(family).trainable:
+                if cfg.model.block(family).trainable:
                     path = variant.layout.finetune_model(family, 0)
                     model = load_model(path, "cpu", variant.model)
                 else:
@@ -130,7 +130,7 @@ def image_scores(cfg, thresholds: dict) -> tuple[dict, dict[str, str]]:
         used = [f for f, w in entry["weights"].items() if w > 0]
         block = cfg.model.block(used[0]) if len(used) == 1 else cfg.tune.ensemble
         start = Thresholds(
-            default=block.thresholds.to_core(),
+            default=block.thresholds,
             class_mode=cfg.tune.class_mode,
             order=cfg.tune.order,
         )

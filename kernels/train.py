@@ -29,7 +29,7 @@ OUTPUT = WORKING / "cellpipe"  # the kernel's output: what inference needs, noth
 # family -> the file its fine-tuning starts from (a pretrained model or a finetune.init file)
 PRETRAINED = {key: bundle_file(path) for key, path in MANIFEST["pretrained"].items()}
 base = load_config(bundle_file(MANIFEST["train_config"]))
-starts = {base.finetune.start(family) for family in base.families}
+starts = {base.finetune.start(family) for family in base.trained_families}
 livecell = not PRETRAINED and "pretrain" in starts  # pretrain here
 CONFIG = kaggle_config(
     WORK / "kaggle.yaml",

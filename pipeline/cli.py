@@ -57,6 +57,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "pipeline.stages.push",
         "upload the bundle and kernels to Kaggle, submit the inference",
     ),
+    "config": (
+        "pipeline.commands.config",
+        "the resolved config as YAML, or what a key means (--explain KEY)",
+    ),
     "models": ("pipeline.commands.models", "the registered model families"),
     "import-weights": (
         "pipeline.commands.import_weights",

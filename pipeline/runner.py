@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 from pydantic import BaseModel
+from pydantic_core import to_jsonable_python
 
 from pipeline.config import Config
 from pipeline.core.errors import CellpipeError
@@ -30,10 +31,8 @@ def _digests(paths: Sequence[Path]) -> dict[str, str]:
 
 
 def _plain(params: Params) -> Any:
-    """A config block (or a mapping of blocks and values) as plain JSON data."""
-    if isinstance(params, BaseModel):
-        return params.model_dump(mode="json")
-    return {k: _plain(v) if isinstance(v, BaseModel | Mapping) else v for k, v in params.items()}
+    """A config block (or a mapping of blocks, thresholds and values) as plain JSON data."""
+    return to_jsonable_python(params)
 
 
 def run_stage(

@@ -387,7 +387,7 @@ def test_test_images_are_sized_so_cells_are_diam_mean_wide():
     assert pred.shape == (64, 80)
     seen = tuple(-(-int(n * scale) // 8) * 8 for n in (64, 80))  # resized, padded to 8
     assert model.net.seen[-1] == seen
-    thresholds = Thresholds(default=model.cfg.thresholds.to_core())
+    thresholds = Thresholds(default=model.cfg.thresholds)
     assert map_iou(labels, postprocess_image(pred, thresholds)[0]) > 0.8
 
 
@@ -466,7 +466,7 @@ def test_a_pretrained_start_learns_an_image_with_its_classes(tmp_path):
     assert last < first / 3
     model.eval()
     (pred,) = model.predict([image])
-    painted, kept = postprocess_image(pred, Thresholds(default=model.cfg.thresholds.to_core()))
+    painted, kept = postprocess_image(pred, Thresholds(default=model.cfg.thresholds))
     assert map_iou(labels, painted) > 0.5
     assert sorted(pred.labels[kept].tolist()) == [1, 1, 2]
 

@@ -6,7 +6,8 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from pipeline.config import Config, load_config, parse_overrides
+from pipeline.cli import main as cellpipe
+from pipeline.config import CellposeConfig, Config, load_config, parse_overrides
 from pipeline.core.errors import CellpipeError
 
 CONFIGS = sorted(Path(__file__).parents[1].joinpath("configs").glob("*.yaml"))
@@ -47,7 +48,10 @@ def test_families_are_predict_models_else_the_family():
     assert load_config(overrides=["model.family=flow_unet"]).families == ["flow_unet"]
     cfg = load_config(overrides=["predict.models=[watershed,flow_unet,watershed]"])
     assert cfg.families == ["watershed", "flow_unet"]
-    assert [p.parent.parent.name for p in cfg.fold_models()] == ["flow_unet"] * 5  # trained only
+    assert cfg.trained_families == ["flow_unet"]
+    assert cfg.fold_models() == {
+        "flow_unet": [cfg.layout.finetune_model("flow_unet", k) for k in range(5)]
+    }
 
 
 def test_init_is_one_start_for_every_family_or_one_per_family():
@@ -129,13 +133,12 @@ def test_parse_overrides_types():
         ),
         (
             ["model.flow_unet.thresholds.max_eror=1"],
-            "config model.flow_unet.thresholds.max_eror: Extra inputs are not permitted",
+            "config model.flow_unet.thresholds.max_eror: Unexpected keyword argument",
         ),
         (["prepare.source=web"], "config prepare.source: Input should be 'synthetic' or 'kaggle'"),
         (["model.family=unet"], "config model: unknown family 'unet'; known: maskrcnn"),
         (["predict.models=[unet]"], "config: predict.models: unknown family 'unet'"),
         (["finetune.init={unet: a.pth}"], "config: finetune.init: unknown family 'unet'"),
-        (["model.backbone=resnet18_fpn"], "model.backbone moved to model.maskrcnn.backbone"),
         (
             ["model.maskrcnn.grid.score=[0.01,0.5]"],
             "model.maskrcnn.grid.score has 0.01, below the score floor 0.05",
@@ -171,3 +174,59 @@ def test_bad_files(tmp_path):
     (tmp_path / "typo.yaml").write_text("folds:\n  n_fold: 3\n")
     with pytest.raises(CellpipeError, match="config folds.n_fold: Extra inputs are not permitted"):
         load_config(tmp_path / "typo.yaml")
+
+
+def _cellpipe_config(capsys, *argv: str) -> tuple[int, str, str]:
+    code = cellpipe(["config", *argv])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_config_explain_prints_type_default_value_and_meaning(tmp_path, capsys):
+    experiment = tmp_path / "x.yaml"
+    experiment.write_text("model:\n  cellpose:\n    size: labels\n")
+    code, out, _ = _cellpipe_config(
+        capsys, "--explain", "model.cellpose.size", "-c", str(experiment)
+    )
+    assert code == 0
+    assert out.splitlines()[:4] == [
+        "model.cellpose.size",
+        "  type: Literal['first_pass', 'labels', 'none']",
+        "  default: first_pass",
+        "  value: labels",
+    ]
+    assert "how images are sized so that cells are diam_mean wide" in out
+    code, out, _ = _cellpipe_config(
+        capsys, "--explain", "finetune.solver.max_iter", "finetune.solver.max_iter=12"
+    )
+    assert out.splitlines()[1:4] == ["  type: int", "  default: 3000", "  value: 12"]
+    # a threshold's default is its family's, the description the core dataclass's
+    code, out, _ = _cellpipe_config(capsys, "--explain", "model.flow_unet.thresholds.score")
+    assert "  default: 0.6" in out and "keep instances scoring at least this" in out
+
+
+def test_config_explain_of_a_block_lists_its_keys(capsys):
+    code, out, _ = _cellpipe_config(capsys, "--explain", "model.cellpose", "model.cellpose.tile=0")
+    lines = out.splitlines()
+    assert code == 0 and lines[0].startswith("model.cellpose: Family `cellpose`")
+    keys = [line.split(" = ")[0].strip() for line in lines if line.startswith("  ")]
+    assert keys == list(CellposeConfig.model_fields)
+    assert "  tile = 0  # px: larger images are seen in overlapping tiles" in out
+
+
+def test_config_explain_of_an_unknown_key_names_the_closest(capsys):
+    code, out, err = _cellpipe_config(capsys, "--explain", "model.cellpose.siz")
+    assert code == 2 and out == ""
+    assert err == (
+        "cellpipe config: error: unknown config key 'model.cellpose.siz'; closest: "
+        "model.cellpose.size, model.cellpose.min_size, model.cellpose\n"
+    )
+
+
+def test_config_prints_the_resolved_config_as_yaml(capsys):
+    code, out, _ = _cellpipe_config(capsys, "folds.n_folds=3", "model.family=watershed")
+    assert code == 0
+    assert load_config(overrides=["folds.n_folds=3", "model.family=watershed"]) == Config(
+        **yaml.safe_load(out)
+    )
+    assert yaml.safe_load(out)["folds"]["n_folds"] == 3

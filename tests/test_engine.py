@@ -185,6 +185,7 @@ def workspace(tmp_path: Path) -> tuple[Path, list[str]]:
     pd.DataFrame({"id": stems, "fold": [0, 1, 0, 1, 0, 1]}).to_csv(work / "folds.csv", index=False)
     solver = SOLVER.model_dump(mode="json") | {"max_iter": 6, "eval_period": 3}
     config = {
+        "folds": {"n_folds": 2},  # as folds.csv has them
         "model": {"maskrcnn": TINY.model_dump(mode="json")},
         "pretrain": {"solver": solver, "val_max_images": 2},
         "finetune": {"solver": solver | {"base_lr": 0.01}},
@@ -220,7 +221,8 @@ def test_pretrain_then_finetune(tmp_path, capsys):
 def test_stage_user_errors_are_one_line(tmp_path, capsys):
     config, base = workspace(tmp_path)
     cases = [
-        (["finetune.folds=[4]"], r"finetune.folds \[4\]: .* has folds \[0, 1\]"),
+        (["finetune.folds=[4]"], r"folds \[4\] to train \(finetune.folds.*has folds \[0, 1\]"),
+        (["folds.n_folds=3"], r"folds \[2\] to train .* has folds \[0, 1\]"),
         (["finetune.init=/nowhere.pth"], "missing input /nowhere.pth"),
         (["finetune.categories=[HeLa]", "finetune.folds=[0]", "finetune.init=random"], "HeLa"),
         (["model.maskrcnn.backbone=vgg", "finetune.folds=[0]", "finetune.init=random"], "vgg"),

@@ -108,7 +108,7 @@ def test_a_tiny_unet_learns_an_image_and_predicts_in_its_pixels():
     assert last < first / 4
     model.eval()
     (pred,) = model.predict([image])
-    painted, _ = postprocess_image(pred, Thresholds(default=cfg.flow_unet.thresholds.to_core()))
+    painted, _ = postprocess_image(pred, Thresholds(default=cfg.flow_unet.thresholds))
     assert map_iou(labels, painted) > 0.5
     model.scale = 0.5
     (half,) = model.predict([image])

@@ -15,9 +15,9 @@ import torchvision
 from torchvision.models.detection.roi_heads import paste_masks_in_image
 
 from pipeline.cli import main as cellpipe
-from pipeline.config import MaskRCNNConfig, ModelConfig, load_config
+from pipeline.config import MaskRCNNConfig, ModelConfig, WatershedConfig, load_config
 from pipeline.core.errors import CellpipeError
-from pipeline.models import CellModel, build_model, families, family_class
+from pipeline.models import CellModel, build_model, families, family_class, register
 from pipeline.models.checkpoints import checkpoint_meta, load_model, load_weights, read_checkpoint
 from pipeline.models.maskrcnn import BACKBONES, torchvision_maskrcnn
 from pipeline.models.rcnn import crop_mask_probs
@@ -52,16 +52,19 @@ def test_families_are_registered_with_their_config_blocks():
     listed = families()
     assert set(listed) == set(ModelConfig.families()) and "maskrcnn" in listed
     assert all(issubclass(cls, CellModel) and cls.family == name for name, cls in listed.items())
+    blocks = ModelConfig()
+    assert all(cls.config_class is type(blocks.block(name)) for name, cls in listed.items())
+    assert [name for name, cls in listed.items() if not cls.config_class.trainable] == ["watershed"]
+    with pytest.raises(ValueError, match="model.maskrcnn is no"):
+        register(
+            type("Other", (CellModel,), {"family": "maskrcnn", "config_class": WatershedConfig})
+        )
     with pytest.raises(CellpipeError, match="unknown model family 'yolo'; known: maskrcnn"):
         family_class("yolo")
     with pytest.raises(CellpipeError, match="config model: unknown family 'yolo'"):
         load_config(overrides=["model.family=yolo"])
-    with pytest.raises(CellpipeError, match="model.backbone moved to model.maskrcnn.backbone"):
-        load_config(overrides=["model.backbone=resnet18_fpn"])
     with pytest.raises(CellpipeError, match="grid.score has 0.01, below the score floor 0.05"):
         load_config(overrides=["model.maskrcnn.grid.score=[0.01,0.5]"])
-    with pytest.raises(CellpipeError, match="tune.score moved to model.<family>.grid.score"):
-        load_config(overrides=["tune.score=[0.1]"])
 
 
 def test_registry_errors_name_the_known_entries():
@@ -142,8 +145,8 @@ def test_predict_maps_back_to_input_pixels():
     assert np.abs(centres - (expected[:, :2] + expected[:, 2:]) / 2).max() < 4  # mask padding
 
 
-def _save_checkpoint(path, model, classes, meta=None):
-    meta = meta or checkpoint_meta(models(model.cfg), "maskrcnn", classes)
+def _save_checkpoint(path, model, classes):
+    meta = checkpoint_meta(models(model.cfg), "maskrcnn", classes)
     torch.save({"model": model.state_dict(), **meta, "iteration": 7}, path)
 
 
@@ -177,21 +180,6 @@ def test_load_weights_from_a_cellpipe_checkpoint(tmp_path):
     other = maskrcnn(TINY.model_copy(update={"fpn_channels": 48}), classes=["cell"])
     with pytest.raises(CellpipeError, match="fpn_channels: 32 there, 48 here"):
         load_weights(other, tmp_path / "one.pth")
-
-
-def test_checkpoints_written_before_families_still_load(tmp_path):
-    """A checkpoint of the flat Mask R-CNN config (arch, scale, every field at the top) loads as
-    family maskrcnn and predicts exactly what the model it holds predicts."""
-    torch.manual_seed(2)
-    source = maskrcnn(classes=["cell"]).eval()
-    flat = {k: v for k, v in TINY.model_dump(mode="json").items() if k != "thresholds"}
-    legacy = {"model_config": {"arch": "maskrcnn", "scale": 1.0, **flat}, "classes": ["cell"]}
-    _save_checkpoint(tmp_path / "old.pth", source, ["cell"], legacy)
-    loaded = load_model(tmp_path / "old.pth")
-    assert loaded.family == "maskrcnn" and loaded.cfg == TINY
-    image = torch.rand(1, 64, 72)
-    (expected,), (got,) = source.predict([image]), loaded.predict([image])
-    assert np.array_equal(expected.boxes, got.boxes) and np.array_equal(expected.scores, got.scores)
 
 
 def test_load_weights_from_torchvision_state_dicts(tmp_path):

@@ -445,7 +445,7 @@ def test_documented_training_on_kaggle_runs_as_written(block, tmp_path, monkeypa
     (tmp_path / "configs").symlink_to(ROOT / "configs")
     if block == "after a CPU run":  # what `make stages` leaves that `kernels` reads
         cpu = load_config(ROOT / "configs" / "cpu.yaml", [f"work_dir={tmp_path / 'work'}"])
-        for path in cpu.fold_models():
+        for path in [p for paths in cpu.fold_models().values() for p in paths]:
             path.parent.mkdir(parents=True)
             path.write_bytes(b"cpu model")
         write_json(cpu.layout.thresholds, {"thresholds": {}})

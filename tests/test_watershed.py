@@ -31,7 +31,7 @@ def segment(labels, image, scale=1.0, **settings):
     cfg = cfg.model.model_copy(update={"scale": scale})
     model = build_model(cfg, ["cell"], "watershed")
     (pred,) = model.predict([torch.from_numpy(image)[None]])
-    thresholds = Thresholds(default=cfg.watershed.thresholds.to_core())
+    thresholds = Thresholds(default=cfg.watershed.thresholds)
     return pred, postprocess_image(pred, thresholds)[0]
 
 
@@ -69,10 +69,9 @@ def test_blank_image_has_no_cells():
 def test_watershed_needs_no_training():
     """Beside a trained family it gets no fold models, no training run and no test checkpoint."""
     from pipeline.models.inference import inference_checkpoints
-    from pipeline.training.runs import trained_families
 
     cfg = load_config(overrides=["predict.models=[flow_unet,watershed]", "folds.n_folds=2"])
-    assert trained_families(cfg) == ["flow_unet"]
-    assert [p.parts[-3] for p in cfg.fold_models()] == ["flow_unet", "flow_unet"]
+    assert cfg.trained_families == ["flow_unet"]
+    assert [p.parts[-3] for p in cfg.fold_models()["flow_unet"]] == ["flow_unet", "flow_unet"]
     assert list(inference_checkpoints(cfg)) == ["flow_unet"]
     assert not list(build_model(cfg.model, ["cell"], "watershed").parameters())

@@ -12,6 +12,6 @@ def main(cfg: Config, args: argparse.Namespace) -> None:
 
     for name, cls in families().items():
         summary = (cls.__doc__ or "").strip().splitlines()[0].rstrip(".")
-        kind = "trained" if cls.trainable else "no training"
+        kind = "trained" if cls.config_class.trainable else "no training"
         chosen = " (model.family)" if name == cfg.model.family else ""
         print(f"{name:<12} {kind:<12} {summary}{chosen}")

@@ -18,18 +18,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from pipeline.core.predictions import ImagePredictions, quantise
-
-# name -> (transpose, horizontal flip, vertical flip), applied to the image in that order
-VIEWS = {
-    "none": (False, False, False),
-    "hflip": (False, True, False),
-    "vflip": (False, False, True),
-    "hvflip": (False, True, True),  # = rotation by 180 degrees
-    "transpose": (True, False, False),
-    "rot90": (True, False, True),  # counter-clockwise, as np.rot90
-    "rot270": (True, True, False),
-    "antitranspose": (True, True, True),
-}
+from pipeline.core.views import VIEWS
 
 
 def flip_predictions(pred: ImagePredictions, horizontal: bool, vertical: bool) -> ImagePredictions:

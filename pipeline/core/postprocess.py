@@ -24,20 +24,10 @@ from pipeline.core.errors import CellpipeError
 from pipeline.core.fileio import read_json
 from pipeline.core.instances import order_by_area, order_by_score, paint_instances
 from pipeline.core.predictions import ImagePredictions
+from pipeline.core.thresholds import ClassThresholds
 
 ClassMode = Literal["image", "instance"]
 OverlapOrder = Literal["score", "area"]
-
-
-@dataclass(frozen=True)
-class ClassThresholds:
-    """Thresholds of one class (their defaults live in the config: `model.<family>.thresholds`)."""
-
-    score: float  # keep instances scoring at least this
-    mask: float  # mask probability at which a pixel belongs to the instance
-    min_area: int  # pixels an instance must keep after overlap removal
-    min_keep: float  # fraction of its own area an instance must keep
-    max_error: float | None = None  # keep instances whose error is at most this; None: all
 
 
 @dataclass(frozen=True)

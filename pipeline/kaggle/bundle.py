@@ -45,7 +45,6 @@ from pipeline.kaggle.wheels import (
     detectron2_wheel,
     download_wheels,
 )
-from pipeline.training.runs import trained_families
 
 WEIGHTS_MARKER = "cellpipe-weights.json"  # in the Kaggle Model instance: how kernels find it
 
@@ -58,7 +57,8 @@ def bundle_name(path: Path) -> str:
 
 def bundled_models(cfg: Config) -> list[Path]:
     """The bundled test models: `kernels.checkpoints`, else the ones `predict` would use."""
-    return list(cfg.kernels.checkpoints or cfg.predict.checkpoints) or cfg.fold_models()
+    fold_models = [path for paths in cfg.fold_models().values() for path in paths]
+    return list(cfg.kernels.checkpoints or cfg.predict.checkpoints) or fold_models
 
 
 def train_config(cfg: Config) -> Config:
@@ -76,7 +76,7 @@ def pretrained_models(cfg: Config, train: Config) -> dict[str, Path]:
     """Family -> the file the training kernel's finetune starts it from, to be bundled: its
     `finetune.init` file, or its pretrained model (`include_pretrained`); families that start
     from random weights, or pretrain on Kaggle, have none."""
-    starts = {f: train.finetune.start(f) for f in trained_families(train)}
+    starts = {f: train.finetune.start(f) for f in train.trained_families}
     files = {f: Path(s) for f, s in starts.items() if s not in ("random", "pretrain")}
     summary = cfg.layout.pretrain_summary  # an input of the stage: absent, it stops before
     pretrain = [f for f, s in starts.items() if s == "pretrain"]
@@ -99,7 +99,7 @@ def inputs(cfg: Config) -> list[Path]:
     if params.inference:
         files += [layout.thresholds, *bundled_models(cfg)]
     train = train_config(cfg)
-    starts = {train.finetune.start(f) for f in trained_families(train)}
+    starts = {train.finetune.start(f) for f in train.trained_families}
     if "pretrain" in starts and params.bundles_pretrained:
         files.append(layout.pretrain_summary)
     files += pretrained_models(cfg, train).values()

@@ -2,7 +2,7 @@
 tuning and the Kaggle kernels call, and nothing else.
 
 A family is a subclass of `CellModel` (an `nn.Module`) in its module `pipeline/models/<name>.py`,
-registered with `@register`, configured by the block `model.<name>` of `pipeline/config.py`
+registered with `@register`, configured by the block `model.<name>` of `pipeline/config/schema.py`
 (which also holds its postprocessing defaults, `model.<name>.thresholds`):
 
 - `Family(block, classes, scale)`: build from the config block and the class names.
@@ -23,8 +23,9 @@ registered with `@register`, configured by the block `model.<name>` of `pipeline
 - `class_heads`: state-dict key prefixes whose shapes follow the number of classes (re-initialised
   when weights come from other classes); `import_state`: renames a foreign state dict (detectron2's
   for `maskrcnn`, cellpose's and scellseg's for `cellpose`).
-- `trainable = False` for a family without weights (a classical method): it is built from its
-  config and predicts, and every training stage skips it.
+- `config_class`: the type of its config block (a `FamilyConfig`, whose `trainable = False` marks
+  a family without weights, a classical method: it is built from its config and predicts, and
+  every training stage skips it).
 
 `cellpipe models` lists the registered families. Adding one: a module here and a config block.
 """

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from pipeline.config import FamilyConfig, ModelConfig
 from pipeline.core.errors import CellpipeError
 from pipeline.core.predictions import ImagePredictions
 
@@ -56,7 +57,7 @@ class CellModel(nn.Module):
     """A model family, built from its config block and class names (label k: classes[k - 1])."""
 
     family: ClassVar[str] = ""  # registry name = module name = config block `model.<family>`
-    trainable: ClassVar[bool] = True  # False: no weights (a classical method); nothing to train
+    config_class: ClassVar[type[FamilyConfig]]  # the type of that block (which says `trainable`)
     class_heads: ClassVar[tuple[str, ...]] = ()  # state-dict prefixes shaped by the classes
 
     def __init__(self, cfg: Any, classes: Sequence[str], scale: float = 1.0):
@@ -108,9 +109,13 @@ FAMILIES: dict[str, type[CellModel]] = {}
 
 
 def register(cls: type[CellModel]) -> type[CellModel]:
-    """Class decorator adding a family to the registry under `cls.family`."""
+    """Class decorator adding a family to the registry under `cls.family`, whose config block
+    `model.<family>` must be of its `config_class`."""
     if not cls.family:
         raise ValueError(f"{cls.__name__} has no family name")
+    field = ModelConfig.model_fields.get(cls.family)
+    if field is None or field.annotation is not cls.config_class:
+        raise ValueError(f"family {cls.family!r}: model.{cls.family} is no {cls.config_class}")
     if cls.family in FAMILIES:
         raise ValueError(f"family {cls.family!r} is registered twice")
     FAMILIES[cls.family] = cls

@@ -240,6 +240,7 @@ class CellposeModel(FlowFamily):
     """cellpose's CPnet, pretrained weights and preprocessing; masks by following the flows."""
 
     family = "cellpose"
+    config_class = CellposeConfig
     class_heads = ("net.classes.",)
 
     def __init__(self, cfg: CellposeConfig, classes: Sequence[str], scale: float = 1.0):

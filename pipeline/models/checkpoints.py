@@ -2,8 +2,7 @@
 
 A cellpipe checkpoint is a dict with `model` (the state dict), `family`, `model_config` (the
 family's config block), `classes`, and what training adds (iteration, best score, optimizer...).
-Checkpoints written before families existed (a flat Mask R-CNN `model_config`) read as family
-`maskrcnn`. Files are loaded with `weights_only=True` (`.pkl` model-zoo files with an unpickler
+Files are loaded with `weights_only=True` (`.pkl` model-zoo files with an unpickler
 that only rebuilds arrays): tensors and plain data, never code. Foreign weights (torchvision,
 detectron2) go through pipeline.models.foreign_weights.
 """
@@ -19,7 +18,7 @@ from typing import Any
 
 import torch
 
-from pipeline.config import MaskRCNNConfig, ModelConfig
+from pipeline.config import ModelConfig
 from pipeline.core.errors import CellpipeError
 from pipeline.models import CellModel, build_model
 from pipeline.models.foreign_weights import (
@@ -93,16 +92,13 @@ def is_cellpipe(obj: dict[str, Any]) -> bool:
 
 
 def checkpoint_family(obj: dict[str, Any]) -> str:
-    """A cellpipe checkpoint's family (older flat ones are Mask R-CNN)."""
-    return obj.get("family", "maskrcnn")
+    """A cellpipe checkpoint's family."""
+    return obj["family"]
 
 
 def checkpoint_block(obj: dict[str, Any]) -> dict[str, Any]:
-    """A cellpipe checkpoint's family config block (of older flat ones, the Mask R-CNN keys)."""
-    if "family" in obj:
-        return dict(obj["model_config"])
-    fields = MaskRCNNConfig.model_fields
-    return {k: v for k, v in obj["model_config"].items() if k in fields}
+    """A cellpipe checkpoint's family config block."""
+    return dict(obj["model_config"])
 
 
 def checkpoint_meta(cfg: ModelConfig, family: str, classes: Sequence[str]) -> dict[str, Any]:
@@ -130,11 +126,10 @@ def _check_architecture(
         state[k].shape == own[k].shape for k in body
     ):
         return
-    now = model.cfg.model_dump(mode="json")
     diffs = [
         f"model.{family}.{k}: {saved.get(k)!r} there, {v!r} here"
-        for k, v in now.items()
-        if saved.get(k) != v and k != "thresholds"
+        for k, v in model.cfg.network().items()
+        if saved.get(k) != v
     ]
     raise CellpipeError(f"{path} holds another model ({'; '.join(diffs) or 'other layers'})")
 

@@ -80,6 +80,7 @@ class Detectron2Model(CellModel):
     """detectron2's Mask R-CNN for dense cells: detections with box-cropped mask probabilities."""
 
     family = "detectron2"
+    config_class = Detectron2Config
     class_heads = ("roi_heads.box_predictor.", "roi_heads.mask_head.predictor.")
 
     def __init__(self, cfg: Detectron2Config, classes: Sequence[str], scale: float = 1.0):

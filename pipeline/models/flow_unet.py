@@ -68,6 +68,7 @@ class FlowUNetModel(FlowFamily):
     """U-Net with outputs (cell logit, dy, dx, class logits...); masks by following the flows."""
 
     family = "flow_unet"
+    config_class = FlowUNetConfig
     class_heads = ("net.head.",)
 
     def __init__(self, cfg: FlowUNetConfig, classes: Sequence[str], scale: float = 1.0):

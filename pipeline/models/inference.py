@@ -27,10 +27,13 @@ from pipeline.models.base import CellModel, image_to_tensor
 from pipeline.models.checkpoints import checkpoint_family, read_checkpoint
 
 
-def device_for(choice: str) -> torch.device:
-    """`auto`: CUDA when available; `cuda` or `cpu` as asked."""
+def device_for(choice: str, index: int = 0) -> torch.device:
+    """The device a `device` setting names: `auto`, CUDA (GPU `index`) when available, else the
+    CPU; `cuda` (a one-line error without a GPU) or `cpu` as asked."""
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise CellpipeError("device is cuda but no CUDA device is available")
     cuda = choice == "cuda" or (choice == "auto" and torch.cuda.is_available())
-    return torch.device("cuda" if cuda else "cpu")
+    return torch.device("cuda", index) if cuda else torch.device("cpu")
 
 
 def view_tensor(image: torch.Tensor, view: str) -> torch.Tensor:
@@ -103,9 +106,9 @@ def predict_images(
 def inference_checkpoints(cfg: Config) -> dict[str, list[Path]]:
     """The checkpoints that predict test images, per trained family of `predict.models`:
     `predict.checkpoints` (each by the family it records), else every fold's best model."""
-    trained = [f for f in cfg.families if family_class(f).trainable]
     if not cfg.predict.checkpoints:
-        return {f: [cfg.layout.finetune_model(f, k) for k in cfg.folds_trained] for f in trained}
+        return cfg.fold_models()
+    trained = cfg.trained_families
     out: dict[str, list[Path]] = {f: [] for f in trained}
     for path in cfg.predict.checkpoints:
         family = checkpoint_family(read_checkpoint(path))
@@ -127,9 +130,9 @@ def inference_models(
 ) -> list[CellModel]:
     """The models that predict unseen images for `family`: its checkpoints as the family
     combines them (a flow U-Net's folds as one), or the family itself when it has no weights."""
-    from pipeline.models import build_model, family_class
+    from pipeline.models import build_model
     from pipeline.models.checkpoints import load_model
 
-    if family_class(family).trainable:
+    if cfg.model.block(family).trainable:
         return family_class(family).combine([load_model(p, device, cfg.model) for p in checkpoints])
     return [build_model(cfg.model, list(class_names), family).to(device).eval()]

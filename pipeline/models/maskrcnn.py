@@ -147,6 +147,7 @@ class MaskRCNNModel(CellModel):
     """Mask R-CNN (torchvision) for dense cells: detections with box-cropped mask probabilities."""
 
     family = "maskrcnn"
+    config_class = MaskRCNNConfig
     class_heads = ("roi_heads.box_predictor.", "roi_heads.mask_predictor.mask_fcn_logits.")
 
     def __init__(self, cfg: MaskRCNNConfig, classes: Sequence[str], scale: float = 1.0):

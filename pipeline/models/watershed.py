@@ -89,7 +89,7 @@ class WatershedModel(CellModel):
     """Otsu + distance-transform watershed: the floor every learnt family must beat."""
 
     family = "watershed"
-    trainable = False
+    config_class = WatershedConfig
 
     def __init__(self, cfg: WatershedConfig, classes: Sequence[str], scale: float = 1.0):
         super().__init__(cfg, classes, scale)

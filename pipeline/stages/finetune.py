@@ -24,7 +24,6 @@ def main(cfg: Config, args: argparse.Namespace) -> None:
         init_weights,
         run_params,
         train_run,
-        trained_families,
         write_summary,
     )
 
@@ -33,13 +32,14 @@ def main(cfg: Config, args: argparse.Namespace) -> None:
         if not path.is_file():
             raise CellpipeError(f"missing input {path} (run the stage that writes it first)")
     folds = coco_ids_by_fold(read_json(layout.coco_train), layout.folds_csv)
-    chosen = train.folds or sorted(folds)
+    chosen = cfg.folds_trained
     unknown = sorted(set(chosen) - set(folds))
     if unknown:
         raise CellpipeError(
-            f"finetune.folds {unknown}: {layout.folds_csv} has folds {sorted(folds)}"
+            f"folds {unknown} to train (finetune.folds, else folds.n_folds): "
+            f"{layout.folds_csv} has folds {sorted(folds)}"
         )
-    families = trained_families(cfg)
+    families = cfg.trained_families
     with distributed_context(train.solver.device) as ctx:
         for family in families:
             start = init_weights(cfg, family, train)

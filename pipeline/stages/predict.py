@@ -23,7 +23,6 @@ from pipeline.runner import run_stage
 def main(cfg: Config, args: argparse.Namespace) -> None:
     import torch
 
-    from pipeline.models import family_class
     from pipeline.models.checkpoints import load_model
     from pipeline.models.inference import (
         device_for,
@@ -33,9 +32,7 @@ def main(cfg: Config, args: argparse.Namespace) -> None:
     )
 
     layout, params = cfg.layout, cfg.predict
-    trainable = {f: family_class(f).trainable for f in cfg.families}
-    trained = [f for f in cfg.families if trainable[f]]
-    fold_models = {f: [layout.finetune_model(f, k) for k in cfg.folds_trained] for f in trained}
+    fold_models = cfg.fold_models()
     test_models = inference_checkpoints(cfg) if "test" in params.splits else {}
 
     def predict_family(family: str) -> None:
@@ -47,7 +44,7 @@ def main(cfg: Config, args: argparse.Namespace) -> None:
                 category_ids = {c["name"]: c["id"] for c in train["categories"]}
                 by_id = {im["id"]: im for im in train["images"]}
                 oof = {}
-                if trainable[family]:
+                if family in fold_models:
                     folds = coco_ids_by_fold(train, layout.folds_csv)
                     for k, path in zip(cfg.folds_trained, fold_models[family]):
                         model = load_model(path, device, cfg.model)
@@ -80,7 +77,7 @@ def main(cfg: Config, args: argparse.Namespace) -> None:
             inputs += fold_models.get(family, [])
         if "test" in params.splits:
             inputs += [layout.coco_test, *cfg.image_folders("test")]
-            if trainable[family]:
+            if family in fold_models:
                 inputs += params.checkpoints or fold_models[family]
         run_stage(
             f"predict_{family}",

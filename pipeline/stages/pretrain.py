@@ -21,13 +21,12 @@ def main(cfg: Config, args: argparse.Namespace) -> None:
         init_weights,
         run_params,
         train_run,
-        trained_families,
         write_pretrain_summary,
     )
 
     layout, train = cfg.layout, cfg.pretrain
     sources = [layout.coco_livecell_train, layout.coco_livecell_val]
-    families = trained_families(cfg)
+    families = cfg.trained_families
     if not all(p.is_file() for p in sources):
         print(
             f"pretrain: skipped, no LIVECell data ({layout.livecell} absent or "

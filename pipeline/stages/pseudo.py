@@ -25,7 +25,7 @@ from pipeline.runner import run_stage
 
 
 def main(cfg: Config, args: argparse.Namespace) -> None:
-    layout, params = cfg.layout, cfg.predict
+    layout, params, fold_models = cfg.layout, cfg.predict, cfg.fold_models()
 
     def pseudo_label() -> None:
         """Write `layout.coco_pseudo`: the kept instances of every unlabelled image."""
@@ -45,7 +45,7 @@ def main(cfg: Config, args: argparse.Namespace) -> None:
         names = [c["name"] for c in categories]
         with torch.inference_mode():
             for family in used:
-                folds = [layout.finetune_model(family, k) for k in cfg.folds_trained]
+                folds = fold_models.get(family, [])
                 models = inference_models(cfg, family, folds, names, device)
                 preds[family] = predict_images(
                     models, coco["images"], cfg, category_ids, device, f"pseudo {family}"
@@ -59,7 +59,7 @@ def main(cfg: Config, args: argparse.Namespace) -> None:
         )
 
     inputs = [layout.coco_train, layout.thresholds, *cfg.image_folders("semi")]
-    inputs += cfg.fold_models()
+    inputs += [path for paths in fold_models.values() for path in paths]
     run_stage(
         "pseudo",
         cfg,

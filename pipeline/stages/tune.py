@@ -58,8 +58,8 @@ def main(cfg: Config, args: argparse.Namespace) -> None:
         candidates = search_candidates(
             oof,
             search,
-            {f: SearchSpace(b.thresholds.to_core(), b.grid.values()) for f, b in blocks.items()},
-            SearchSpace(params.ensemble.thresholds.to_core(), params.ensemble.grid.values()),
+            {f: SearchSpace(b.thresholds, b.grid.values()) for f, b in blocks.items()},
+            SearchSpace(params.ensemble.thresholds, params.ensemble.grid.values()),
             params.ensemble.weights,
             predict.merge_iou,
             predict.min_votes,

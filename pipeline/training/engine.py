@@ -32,6 +32,7 @@ from pipeline.config import SolverConfig
 from pipeline.core.errors import CellpipeError
 from pipeline.core.fileio import atomic_path
 from pipeline.models.checkpoints import read_checkpoint
+from pipeline.models.inference import device_for
 from pipeline.training.data import CocoInstances, TrainSampler, collate
 from pipeline.training.loaders import worker_batches, worker_init
 
@@ -60,13 +61,10 @@ def distributed_context(device: str = "auto"):
     CUDA processes use NCCL, one GPU each (LOCAL_RANK); CPU processes use gloo.
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-    if cuda and not torch.cuda.is_available():
-        raise CellpipeError("solver.device is cuda but no CUDA device is available")
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    target = device_for(device, int(os.environ.get("LOCAL_RANK", "0")))
+    cuda = target.type == "cuda"
     if cuda:
-        torch.cuda.set_device(local_rank)
-    target = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
+        torch.cuda.set_device(target)
     if world_size == 1:
         yield Context(0, 1, target)
         return

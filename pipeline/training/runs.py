@@ -22,7 +22,8 @@ from pipeline.core.errors import CellpipeError
 from pipeline.core.fileio import read_json, write_json, write_text
 from pipeline.core.metrics import map_iou
 from pipeline.core.postprocess import Thresholds, postprocess_image
-from pipeline.models import CellModel, build_model, family_class
+from pipeline.core.thresholds import ClassThresholds
+from pipeline.models import CellModel, build_model
 from pipeline.models.checkpoints import checkpoint_meta, load_weights, read_checkpoint
 from pipeline.training.data import CocoImages, CocoInstances
 from pipeline.training.engine import Context, fit
@@ -34,7 +35,8 @@ class RunParams(Section):
     """What a training run depends on: a checkpoint with other params is not resumed."""
 
     family: str
-    model: dict[str, Any]  # the family's config block
+    model: dict[str, Any]  # what of the family's block shapes its weights (`network()`)
+    thresholds: ClassThresholds  # the family's, that validation paints with
     scale: float
     train: dict[str, Any]
     fold: int | None = None
@@ -43,16 +45,12 @@ class RunParams(Section):
 def run_params(cfg: Config, family: str, train: TrainConfig, fold: int | None = None) -> RunParams:
     return RunParams(
         family=family,
-        model=cfg.model.block(family).model_dump(mode="json"),
+        model=cfg.model.network(family),
+        thresholds=cfg.model.block(family).thresholds,
         scale=cfg.model.scale,
         train=train.model_dump(mode="json", exclude={"folds"}),
         fold=fold,
     )
-
-
-def trained_families(cfg: Config) -> list[str]:
-    """The families of `cfg.families` that have weights to train."""
-    return [f for f in cfg.families if family_class(f).trainable]
 
 
 def write_pretrain_summary(layout: Layout, models: dict[str, Path | None]) -> None:
@@ -151,7 +149,7 @@ def train_run(
         )
         val_records, _ = load_records(val_coco, cfg.data, val_mapping, image_ids[1], True)
         val_set = CocoImages(val_records[: train.val_max_images or None])
-        thresholds = Thresholds(default=block.thresholds.to_core())
+        thresholds = Thresholds(default=block.thresholds)
 
         def validate(model: CellModel) -> dict[str, float]:
             workers = min(train.solver.num_workers, 2)
