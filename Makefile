@@ -11,7 +11,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 WORK ?= work
 DATA ?= $(WORK)/data
-CONFIG ?= configs/cpu.yaml
+CONFIG ?= configs/cpu_cellpose.yaml
 # the synthetic dataset's scores go to a ledger under $(WORK), real data's to the tracked one
 ifeq ($(DATA),$(WORK)/data)
 LEDGER ?= $(WORK)/leaderboard.jsonl
@@ -30,14 +30,18 @@ train = $(TRAIN) $(1) $(SETTINGS) $(2)
 # into the cache that configs name in `init` (work/cache/weights/NAME.pth); a config that starts
 # from one names it in INIT_WEIGHTS so that finetune waits for it
 WEIGHTS_CACHE := work/cache/weights
+ifeq ($(origin CONFIG),file)
+# both default configs (the embedded data's and real data's) start from cellpose's weights
+INIT_WEIGHTS ?= $(WEIGHTS_CACHE)/cellpose.pth
+else
 INIT_WEIGHTS ?=
+endif
 
 ifneq ($(DATA),$(WORK)/data)
 ifeq ($(origin CONFIG),file)
 # real data without CONFIG: the best configuration measured out-of-fold on real cells
 # (benchmarks/accuracy.py): cellpose's pretrained network fine-tuned on the CPU
 CONFIG := configs/realdata.yaml
-INIT_WEIGHTS := $(WEIGHTS_CACHE)/cellpose.pth
 $(info make: DATA=$(DATA) runs with CONFIG=$(CONFIG): cellpose's pretrained network fine-tuned on 2 CPU cores (minutes per fold); give CONFIG=configs/kaggle_gpu.yaml or your own for a GPU run)
 endif
 endif
@@ -159,7 +163,8 @@ $(KAGGLE_IMAGE)/.installed: kernels/kaggle-image.txt kernels/kaggle_image.py
 # pytest exits 5 when it collects no test: that fails here like any other error. Where the Kaggle
 # image venv cannot be built (no package index), its notebook tests skip, saying so (-rs).
 # --dist loadgroup: tests of one xdist_group (a chain's work folder, the CPU hog) share a worker.
-test: $(INSTALLED)
+# the default chain test fine-tunes from cellpose's weights, as make stages does
+test: $(INSTALLED) $(WEIGHTS_CACHE)/cellpose.pth
 	$(MAKE) --no-print-directory kaggle-image || echo "make: no Kaggle image venv: the notebook tests skip"
 	CELLPIPE_KAGGLE_IMAGE=$(KAGGLE_IMAGE) $(BIN)/pytest -n 2 --dist loadgroup -q -rs
 
