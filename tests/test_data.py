@@ -100,6 +100,19 @@ def tiny_coco(
     return {"images": images, "annotations": annotations, "categories": cats}
 
 
+def one_image_records(root: Path, masks: list[np.ndarray]) -> list:
+    """The records of one flat grey image, root/x.png, whose instances ("cell") are `masks`."""
+    height, width = masks[0].shape
+    coco = {
+        "images": [{"id": 1, "file_name": "x.png", "height": height, "width": width}],
+        "annotations": [annotation(m, k + 1, 1, 1) for k, m in enumerate(masks)],
+        "categories": [{"id": 1, "name": "cell"}],
+    }
+    write_png(root / "x.png", np.full((height, width), 128, np.uint8))
+    records, _ = load_records(coco, root, ClassMapping.from_categories(coco["categories"]))
+    return records
+
+
 def write_coco(path: Path, coco: dict) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(coco))
@@ -211,13 +224,7 @@ def test_diameter_scales_each_image_to_that_median_cell_diameter(tmp_path):
     masks = [np.zeros((60, 80), bool) for _ in range(3)]
     for mask, (r, c, radius) in zip(masks, [(15, 15, 8), (40, 30, 10), (25, 60, 12)]):
         mask[draw.disk((r, c), radius, shape=mask.shape)] = True
-    coco = {
-        "images": [{"id": 1, "file_name": "x.png", "height": 60, "width": 80}],
-        "annotations": [annotation(m, k + 1, 1, 1) for k, m in enumerate(masks)],
-        "categories": [{"id": 1, "name": "cell"}],
-    }
-    write_png(tmp_path / "x.png", np.full((60, 80), 128, np.uint8))
-    records, _ = load_records(coco, tmp_path, ClassMapping.from_categories(coco["categories"]))
+    records = one_image_records(tmp_path, masks)
     middle = 2 * np.sqrt(masks[1].sum() / np.pi)  # the median disc's diameter, about 20 px
     assert records[0].diameter == pytest.approx(middle)
     image, target = CocoInstances(records, maskrcnn_targets, scale=0.5, diameter=30)[(0, (0, 0))]
@@ -272,13 +279,7 @@ def test_photometric_and_scale_jitter_stay_in_range(tmp_path):
 def test_one_pixel_mask_and_crop_without_instances(tmp_path):
     mask = np.zeros((40, 40), bool)
     mask[30, 35] = True
-    coco = {
-        "images": [{"id": 1, "file_name": "x.png", "height": 40, "width": 40}],
-        "annotations": [annotation(mask, 1, 1, 1)],
-        "categories": [{"id": 1, "name": "cell"}],
-    }
-    write_png(tmp_path / "x.png", np.full((40, 40), 128, np.uint8))
-    records, _ = load_records(coco, tmp_path, ClassMapping.from_categories(coco["categories"]))
+    records = one_image_records(tmp_path, [mask])
     _, target = CocoInstances(records, maskrcnn_targets)[(0, (0, 0))]
     assert target["boxes"].tolist() == [[35.0, 30.0, 36.0, 31.0]]
     cropped = CocoInstances(
@@ -291,13 +292,7 @@ def test_one_pixel_mask_and_crop_without_instances(tmp_path):
 def test_crop_on_instance_places_every_crop_over_an_instance(tmp_path):
     mask = np.zeros((200, 300), bool)
     mask[180:186, 5:12] = True  # one small cell in a corner of a large image
-    coco = {
-        "images": [{"id": 1, "file_name": "x.png", "height": 200, "width": 300}],
-        "annotations": [annotation(mask, 1, 1, 1)],
-        "categories": [{"id": 1, "name": "cell"}],
-    }
-    write_png(tmp_path / "x.png", np.full((200, 300), 128, np.uint8))
-    records, _ = load_records(coco, tmp_path, ClassMapping.from_categories(coco["categories"]))
+    records = one_image_records(tmp_path, [mask])
 
     def cells_per_crop(probability: float) -> list[int]:
         augment = NO_AUGMENT.model_copy(
