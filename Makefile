@@ -11,7 +11,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 WORK ?= work
 DATA ?= $(WORK)/data
-CONFIG ?= configs/cpu_cellpose.yaml
+CONFIG ?= configs/cpu.yaml
 # the synthetic dataset's scores go to a ledger under $(WORK), real data's to the tracked one
 ifeq ($(DATA),$(WORK)/data)
 LEDGER ?= $(WORK)/leaderboard.jsonl
@@ -30,12 +30,9 @@ train = $(TRAIN) $(1) $(SETTINGS) $(2)
 # into the cache that configs name in `init` (work/cache/weights/NAME.pth); a config that starts
 # from one names it in INIT_WEIGHTS so that finetune waits for it
 WEIGHTS_CACHE := work/cache/weights
-ifeq ($(origin CONFIG),file)
-# both default configs (the embedded data's and real data's) start from cellpose's weights
-INIT_WEIGHTS ?= $(WEIGHTS_CACHE)/cellpose.pth
-else
-INIT_WEIGHTS ?=
-endif
+# a config (or its _base_) naming cellpose's cached weights gets them fetched first
+CONFIG_FILES = $(CONFIG) $(addprefix $(dir $(CONFIG)),$(shell sed -n 's/^_base_: *//p' $(CONFIG) 2>/dev/null))
+INIT_WEIGHTS ?= $(if $(shell grep -ls '$(WEIGHTS_CACHE)/cellpose.pth' $(CONFIG_FILES)),$(WEIGHTS_CACHE)/cellpose.pth)
 
 ifneq ($(DATA),$(WORK)/data)
 ifeq ($(origin CONFIG),file)
@@ -163,8 +160,7 @@ $(KAGGLE_IMAGE)/.installed: kernels/kaggle-image.txt kernels/kaggle_image.py
 # pytest exits 5 when it collects no test: that fails here like any other error. Where the Kaggle
 # image venv cannot be built (no package index), its notebook tests skip, saying so (-rs).
 # --dist loadgroup: tests of one xdist_group (a chain's work folder, the CPU hog) share a worker.
-# the default chain test fine-tunes from cellpose's weights, as make stages does
-test: $(INSTALLED) $(WEIGHTS_CACHE)/cellpose.pth
+test: $(INSTALLED)
 	$(MAKE) --no-print-directory kaggle-image || echo "make: no Kaggle image venv: the notebook tests skip"
 	CELLPIPE_KAGGLE_IMAGE=$(KAGGLE_IMAGE) $(BIN)/pytest -n 2 --dist loadgroup -q -rs
 

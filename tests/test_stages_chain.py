@@ -31,11 +31,8 @@ SMALL = [*TINY_DATA, *SHORT_TRAINING, "tune.rounds=1"]
 # each chain: its overrides on top of SMALL
 CHAINS = {
     "default": [],  # the config as `make stages` runs it
-    # the light Mask R-CNN the CPU config sets up, pretrained on the (synthetic) LIVECell images,
-    # with views merged instance by instance
+    # the light Mask R-CNN the CPU config sets up, with views merged instance by instance
     "maskrcnn": [
-        "convert.livecell=true",
-        "finetune.init=pretrain",
         "predict.models=[maskrcnn,watershed]",
         "predict.tta=[none,rot90]",
         "model.maskrcnn.detections_per_image=50",
@@ -47,7 +44,6 @@ CLASSES = ["astro", "cort", "shsy5y"]  # the synthetic data's cell types
 OTHER_ARCHITECTURE = {
     "maskrcnn": "model.maskrcnn.fpn_channels=32",
     "flow_unet": "model.flow_unet.channels=[8,16,32,64]",
-    "cellpose": "model.cellpose.channels=[16,32,64,128]",
 }
 
 
@@ -137,23 +133,16 @@ def test_data_stages_write_the_competition_layout(chain):
     assert {im["file_name"] for im in coco["images"]} == {f"train/{i}.png" for i in train_ids}
     assert sorted(c["name"] for c in coco["categories"]) == CLASSES
     for path in (layout.coco_livecell_train, layout.coco_livecell_val):
-        assert path.is_file() == chain.cfg.convert.livecell
-        if chain.cfg.convert.livecell:
-            assert json.loads(path.read_text())["annotations"]
+        assert json.loads(path.read_text())["annotations"]
     folds = pd.read_csv(layout.folds_csv)
     assert set(folds["id"]) == train_ids and set(folds["fold"]) == {0, 1}
     assert (folds.groupby("sample_id")["fold"].nunique() == 1).all()
 
 
-def test_each_trained_family_is_pretrained_on_livecell_if_the_config_converts_it(
-    chain, chain_name, trained_family
-):
+def test_each_trained_family_is_pretrained_on_livecell(chain, chain_name, trained_family):
     cfg = chain.cfg
     summary = json.loads(cfg.layout.pretrain_summary.read_text())
     trained = families(chain_name, trained=True)
-    if not cfg.convert.livecell:  # pretrain skips itself: finetune starts from finetune.init
-        assert summary["families"] == {f: None for f in trained}
-        return
     assert summary["families"] == {f: str(cfg.layout.pretrain_model(f)) for f in trained}
     model = load_model(cfg.layout.pretrain_model(trained_family), expected=cfg.model)
     assert model.family == trained_family and model.classes == ["cell"]
@@ -247,7 +236,7 @@ def test_a_rerun_redoes_nothing(chain, chain_name, capsys):
     trained = families(chain_name, trained=True)
     assert skipped == {
         *("prepare", "convert", "folds", "tune", "postprocess", "submit"),
-        *(f"pretrain_{f}" for f in trained if chain.cfg.convert.livecell),
+        *(f"pretrain_{f}" for f in trained),
         *(f"finetune_{f}_fold{k}" for f in trained for k in (0, 1)),
         *(f"predict_{f}" for f in families(chain_name)),
     }
