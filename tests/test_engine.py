@@ -19,7 +19,7 @@ from test_data import tiny_coco, write_coco
 from test_models import TINY, maskrcnn
 
 from pipeline import cli
-from pipeline.config import SolverConfig
+from pipeline.config import MaskRCNNConfig, SolverConfig
 from pipeline.core.errors import CellpipeError
 from pipeline.models.checkpoints import read_checkpoint
 from pipeline.models.rcnn import maskrcnn_targets
@@ -216,6 +216,26 @@ def test_pretrain_then_finetune(tmp_path, capsys):
         assert [m["val_images"] for m in val] == [3, 3]  # the fold's held-out images
     assert cli.main(["finetune", "-c", str(config), *base]) == 0
     assert capsys.readouterr().out.count("up to date") == 2
+
+
+def test_predict_only_keys_retrain_only_runs_whose_validation_read_them(tmp_path, capsys):
+    """A key of `predict_only` (here detections per image) leaves runs validated once, at the
+    end, done; runs whose best model validation picked along the way are trained again."""
+    config, base = workspace(tmp_path)
+    once = [*base, "finetune.init=random", "finetune.solver.eval_period=0"]
+    changed = "model.maskrcnn.detections_per_image=7"
+    assert "detections_per_image" in MaskRCNNConfig.predict_only
+    assert cli.main(["finetune", "-c", str(config), *once]) == 0
+    capsys.readouterr()
+    assert cli.main(["finetune", "-c", str(config), *once, changed]) == 0
+    assert capsys.readouterr().out.count("up to date") == 2
+    assert cli.main(["finetune", "-c", str(config), *once, "model.maskrcnn.box_head_dim=32"]) == 0
+    assert "up to date" not in capsys.readouterr().out  # a key that shapes the weights
+    along = [*base, "finetune.init=random"]  # eval_period 3
+    assert cli.main(["finetune", "-c", str(config), *along]) == 0
+    capsys.readouterr()
+    assert cli.main(["finetune", "-c", str(config), *along, changed]) == 0
+    assert "up to date" not in capsys.readouterr().out
 
 
 def test_stage_user_errors_are_one_line(tmp_path, capsys):

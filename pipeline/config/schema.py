@@ -134,6 +134,9 @@ class FamilyConfig(Section):
     """
 
     trainable: ClassVar[bool] = True
+    # keys that shape predictions but not weights (postprocessing, views, tiling, test-time
+    # limits): prediction and tuning change them freely, a finished training run stays done
+    predict_only: ClassVar[frozenset[str]] = frozenset({"thresholds", "grid"})
 
     thresholds: ClassThresholds = Field(
         ClassThresholds(),
@@ -151,13 +154,26 @@ class FamilyConfig(Section):
         return None
 
     def network(self) -> dict[str, Any]:
-        """What of the block shapes the model's weights: all but its postprocessing (`thresholds`,
-        `grid`), which tuning may change freely. A checkpoint loads where these agree."""
-        return self.model_dump(mode="json", exclude={"thresholds", "grid"})
+        """What of the block shapes the model's weights: all but `predict_only`. A checkpoint
+        loads where these agree."""
+        return self.model_dump(mode="json", exclude=set(self.predict_only))
+
+    def validation(self) -> dict[str, Any]:
+        """What of the block shapes the validation that picks a run's best model: the
+        predict-only keys but the tuning grid."""
+        return self.model_dump(mode="json", include=set(self.predict_only) - {"grid"})
 
 
 class RCNNConfig(FamilyConfig):
     """What every Mask R-CNN family (`maskrcnn`, `detectron2`) sets by the same names."""
+
+    predict_only = FamilyConfig.predict_only | {
+        "rpn_pre_nms_top_n_test",
+        "rpn_post_nms_top_n_test",
+        "detections_per_image",
+        "score_thresh",
+        "nms_thresh",
+    }
 
     norm: Literal["frozen_bn", "bn", "gn"] = Field(
         "frozen_bn",
@@ -301,6 +317,8 @@ class FlowConfig(FamilyConfig):
     """What the flow families (`flow_unet`, `cellpose`) set by the same names: how masks come back
     from their maps (pipeline/models/flow_maps.py)."""
 
+    predict_only = FamilyConfig.predict_only | {"foreground", "min_size", "n_iter", "map_tta"}
+
     foreground: float = Field(
         0.3,
         description="cell probability above which pixels follow the flows (permissive: the "
@@ -348,6 +366,8 @@ class CellposeConfig(FlowConfig):
     """Family `cellpose`: cellpose's network (CPnet: a residual U-Net with a style vector) that
     loads cellpose's model files (`cellpipe fetch-weights cellpose`, then init=<file>), its
     preprocessing, and flow_unet's maps, losses and masks (pipeline/models/cellpose.py)."""
+
+    predict_only = FlowConfig.predict_only | {"zoom_range", "tile", "tile_overlap", "amp"}
 
     channels: list[int] = Field(
         [32, 64, 128, 256],

@@ -22,7 +22,6 @@ from pipeline.core.errors import CellpipeError
 from pipeline.core.fileio import read_json, write_json, write_text
 from pipeline.core.metrics import map_iou
 from pipeline.core.postprocess import Thresholds, postprocess_image
-from pipeline.core.thresholds import ClassThresholds
 from pipeline.models import CellModel, build_model
 from pipeline.models.checkpoints import checkpoint_meta, load_weights, read_checkpoint
 from pipeline.training.data import CocoImages, CocoInstances
@@ -36,7 +35,9 @@ class RunParams(Section):
 
     family: str
     model: dict[str, Any]  # what of the family's block shapes its weights (`network()`)
-    thresholds: ClassThresholds  # the family's, that validation paints with
+    # what shapes the validation that picks the best model (`validation()`; {}: validated once,
+    # at the end, so the best model is the final one whatever these are)
+    validation: dict[str, Any]
     scale: float
     train: dict[str, Any]
     fold: int | None = None
@@ -46,7 +47,7 @@ def run_params(cfg: Config, family: str, train: TrainConfig, fold: int | None = 
     return RunParams(
         family=family,
         model=cfg.model.network(family),
-        thresholds=cfg.model.block(family).thresholds,
+        validation=cfg.model.block(family).validation() if train.solver.eval_period else {},
         scale=cfg.model.scale,
         train=train.model_dump(mode="json", exclude={"folds"}),
         fold=fold,
