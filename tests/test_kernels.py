@@ -23,7 +23,7 @@ from kaggle_stub import client_env
 from torchvision.ops import nms
 
 from pipeline.cli import main
-from pipeline.config import SyntheticConfig, load_config
+from pipeline.config import MaskRCNNConfig, SyntheticConfig, load_config
 from pipeline.core.errors import CellpipeError
 from pipeline.core.fileio import file_digest, write_json
 from pipeline.core.postprocess import ClassThresholds, Thresholds
@@ -407,8 +407,8 @@ def test_training_notebook_fine_tunes_from_the_bundle(built, project, tmp_path, 
     for k in (0, 1):
         saved = read_checkpoint(out / "finetune" / "maskrcnn" / f"fold{k}" / "model_best.pth")
         assert saved["iteration"] == 2 and saved["family"] == "maskrcnn"
-        tuning = ("thresholds", "grid")
-        network = {k: v for k, v in saved["model_config"].items() if k not in tuning}
+        saved_block = saved["model_config"].items()
+        network = {k: v for k, v in saved_block if k not in MaskRCNNConfig.predict_only}
         assert network == block
     thresholds = json.loads((out / "thresholds.json").read_text())
     assert thresholds["cv"]["images"] == 6  # every training image predicted out of fold
