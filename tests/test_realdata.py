@@ -294,6 +294,16 @@ def test_grey_keeps_both_fluorescence_channels():
     assert realdata.to_grey(ramp).min() == 0 and realdata.to_grey(ramp).max() == 255
 
 
+def test_grey_keeps_rare_dark_cells_apart():
+    # phase contrast: a bright field with two dark rods (0.4% of the frame) and a brighter line
+    # between them, as in a colony's first frames; a 1st-percentile stretch made all of it black
+    frame = np.random.default_rng(0).integers(9000, 11000, (100, 100)).astype(np.uint16)
+    frame[40:60, 49] = frame[40:60, 51] = 3000
+    frame[40:60, 50] = 5000
+    grey = realdata.to_grey(frame)
+    assert grey[50, 49] == grey[50, 51] < grey[50, 50] < grey[:40].min()
+
+
 def test_clean_labels_makes_instances():
     labels = np.zeros((40, 40), np.uint16)
     labels[1:6, 1:6] = 3  # 25 pixels
