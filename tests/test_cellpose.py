@@ -39,6 +39,7 @@ from pipeline.models.cellpose import (
     CellposeModel,
     cellpose_input,
     edge_taper,
+    skewness,
     tile_starts,
     tiled_maps,
 )
@@ -399,6 +400,36 @@ def test_input_is_percentile_normalised_grey_and_a_zero_channel():
     assert torch.quantile(x[0, 0].flatten(), 0.01) == pytest.approx(0, abs=1e-5)
     assert torch.quantile(x[0, 0].flatten(), 0.99) == pytest.approx(1, abs=1e-5)
     assert torch.corrcoef(torch.stack([x[0, 0].flatten(), grey]))[0, 1] > 0.999
+
+
+def test_input_is_inverted_where_cells_are_dark():
+    # fluorescence: a few bright cells on a dark field; phase contrast: dark cells on a bright one
+    field = torch.rand(1, 1, 40, 40) * 0.1
+    bright = field.clone()
+    bright[..., 5:12, 5:12] += 0.8
+    dark = 1 - bright
+    assert skewness(bright[:, 0]) > 1 and skewness(dark[:, 0]) < -1
+    both = torch.cat([bright, dark])
+    as_is = cellpose_input(both)[:, 0]
+    auto = cellpose_input(both, "auto")[:, 0]
+    assert torch.equal(auto[0], as_is[0])  # bright cells stay
+    assert torch.allclose(auto[1], 1 - as_is[1])  # dark cells turned bright
+    assert auto[1, 8, 8] > auto[1, 30, 30]
+    assert torch.allclose(cellpose_input(both, "always")[:, 0], 1 - as_is)
+
+
+def test_the_model_inverts_as_its_config_says_in_training_and_prediction():
+    torch.manual_seed(0)
+    inverted = tiny_model(("cell",), "model.cellpose.invert=always")
+    plain = tiny_model()
+    plain.load_state_dict(inverted.state_dict())
+    image = torch.rand(1, 48, 40)
+    with torch.no_grad():
+        trained_on = inverted.batch_maps([image]), plain.batch_maps([1 - image])
+    assert torch.allclose(*trained_on, atol=1e-4)
+    predicted = inverted.image_maps(image, 1.0), plain.image_maps(1 - image, 1.0)
+    assert torch.allclose(*predicted, atol=1e-3)
+    assert not torch.allclose(plain.image_maps(image, 1.0), predicted[1], atol=1e-3)
 
 
 class PointNet(nn.Module):

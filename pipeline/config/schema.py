@@ -386,6 +386,13 @@ class CellposeConfig(FlowConfig):
         "diameter of the masks a first pass at that size finds (one view, then the views of "
         "map_tta at the new size); `none`: model.scale",
     )
+    invert: Literal["never", "always", "auto"] = Field(
+        "never",
+        description="grey levels inverted before the network (cellpose's `invert`), so that "
+        "cells are bright as in the images its models learnt: `always` (dark cells, as in phase "
+        "contrast or bright field), `auto`: each image (a training crop, a whole test image) "
+        "whose grey levels are negatively skewed, i.e. whose rare pixels are dark ones",
+    )
     zoom_range: tuple[float, float] = Field(
         (0.4, 2.5),
         description="test-time size scaling stays within this",

@@ -11,9 +11,10 @@ length) added before every 3x3 convolution of the up blocks but their first, ski
 on the same normalised features: the rows the output would gain for the classes, kept apart so
 that the pretrained rows survive a change of classes (`class_heads`).
 
-Preprocessing as cellpose's: a grey image scaled so that its 1st / 99th percentiles are 0 / 1, as
-channel 0, zeros as channel 1 (the nuclei channel the model files expect); images sized so that
-cells are `diam_mean` px wide (`model.cellpose.size`); overlapping tiles of `tile` px, blended.
+Preprocessing as cellpose's: a grey image scaled so that its 1st / 99th percentiles are 0 / 1
+(inverted as `model.cellpose.invert` says: cellpose's `invert`, or `auto` per image), as channel
+0, zeros as channel 1 (the nuclei channel the model files expect); images sized so that cells are
+`diam_mean` px wide (`model.cellpose.size`); overlapping tiles of `tile` px, blended.
 """
 
 from __future__ import annotations
@@ -178,10 +179,25 @@ class CPNet(nn.Module):
         return torch.cat([self.output[2](hidden), self.classes(hidden)], dim=1)
 
 
-def cellpose_input(images: torch.Tensor) -> torch.Tensor:
+def skewness(grey: torch.Tensor) -> torch.Tensor:
+    """(B,) skewness of each image's grey levels: > 0 where a few pixels are far brighter than
+    most (fluorescence), < 0 where they are far darker (phase contrast, bright field)."""
+    flat = grey.flatten(1)
+    centred = flat - flat.mean(dim=1, keepdim=True)
+    spread = centred.pow(2).mean(dim=1).sqrt().clamp_min(1e-6)
+    return centred.pow(3).mean(dim=1) / spread**3
+
+
+def cellpose_input(images: torch.Tensor, invert: str = "never") -> torch.Tensor:
     """(B, C, H, W) in [0, 1] -> (B, 2, H, W): the grey image at cellpose's percentile
-    normalisation, and a zero nuclei channel."""
+    normalisation (inverted: always, or `auto` where its `skewness` is negative, so that cells
+    are bright as in the images cellpose's models learnt), and a zero nuclei channel."""
     grey = normalise(images)
+    if invert == "always":
+        grey = 1 - grey
+    elif invert == "auto":
+        dark = (skewness(grey) < 0).view(-1, 1, 1, 1)
+        grey = torch.where(dark, 1 - grey, grey)
     return torch.cat([grey, torch.zeros_like(grey)], dim=1)
 
 
@@ -272,7 +288,8 @@ class CellposeModel(FlowFamily):
         """Each image normalised (cellpose's two channels), padded to one size."""
         height = max(int(im.shape[-2]) for im in images)
         width = max(int(im.shape[-1]) for im in images)
-        batch = torch.cat([pad_to(cellpose_input(im[None]), height, width) for im in images])
+        inputs = (cellpose_input(im[None], self.cfg.invert) for im in images)
+        batch = torch.cat([pad_to(x, height, width) for x in inputs])
         return run_net(self.net, batch)
 
     @torch.no_grad()
@@ -280,7 +297,7 @@ class CellposeModel(FlowFamily):
         """The image normalised, resized by `scale`, seen in tiles (under `amp`); its maps resized
         back."""
         height, width = (int(s) for s in image.shape[-2:])
-        x = cellpose_input(image[None])
+        x = cellpose_input(image[None], self.cfg.invert)
         if scale != 1.0:
             x = F.interpolate(x, scale_factor=scale, mode="bilinear", antialias=scale < 1)
         device = x.device.type
