@@ -276,6 +276,22 @@ def test_photometric_and_scale_jitter_stay_in_range(tmp_path):
     assert max(shifts) > 0.05  # and the grey levels
 
 
+def test_invert_turns_grey_levels_over_with_its_probability(tmp_path):
+    coco = tiny_coco(tmp_path, n_images=1)
+    records, _ = load_records(coco, tmp_path, ClassMapping.from_categories(coco["categories"]))
+    plain = CocoInstances(records, maskrcnn_targets, augment=NO_AUGMENT)[(0, (0, 0))][0]
+
+    def samples(probability: float) -> list[torch.Tensor]:
+        augment = NO_AUGMENT.model_copy(update={"invert": probability})
+        data = CocoInstances(records, maskrcnn_targets, augment=augment)
+        return [data[(0, (0, k))][0] for k in range(12)]
+
+    assert all(torch.allclose(image, 1 - plain) for image in samples(1.0))
+    inverted = [torch.allclose(image, 1 - plain) for image in samples(0.5)]
+    kept = [torch.equal(image, plain) for image in samples(0.5)]
+    assert any(inverted) and any(kept) and all(a != b for a, b in zip(inverted, kept))
+
+
 def test_one_pixel_mask_and_crop_without_instances(tmp_path):
     mask = np.zeros((40, 40), bool)
     mask[30, 35] = True

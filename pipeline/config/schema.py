@@ -558,6 +558,11 @@ class AugmentConfig(Section):
         0.1,
         description="factor drawn from [1 - c, 1 + c] about the image mean",
     )
+    invert: float = Field(
+        0.0,
+        description="probability that a sample's grey levels are inverted (dark cells made "
+        "bright and bright ones dark), so that a model learns cells of either polarity",
+    )
     scale_range: tuple[float, float] = Field(
         (0.8, 1.25),
         description="scale jitter on top of model.scale",

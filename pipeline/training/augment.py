@@ -146,8 +146,12 @@ def instance_crops(
 def photometric(
     image: torch.Tensor, augment: AugmentConfig, rng: np.random.Generator
 ) -> torch.Tensor:
-    """Random contrast about the image's mean and brightness shift, clamped to [0, 1]."""
+    """Random contrast about the image's mean and brightness shift, clamped to [0, 1]; then grey
+    levels inverted with probability `augment.invert` (drawn only when it is not 0)."""
     contrast = rng.uniform(1 - augment.contrast, 1 + augment.contrast)
     brightness = rng.uniform(-augment.brightness, augment.brightness)
     mean = image.mean()
-    return ((image - mean) * contrast + mean + brightness).clamp_(0, 1)
+    image = ((image - mean) * contrast + mean + brightness).clamp_(0, 1)
+    if augment.invert and rng.random() < augment.invert:
+        image = 1 - image
+    return image
