@@ -287,8 +287,9 @@ def test_invert_turns_grey_levels_over_with_its_probability(tmp_path):
         return [data[(0, (0, k))][0] for k in range(12)]
 
     assert all(torch.allclose(image, 1 - plain) for image in samples(1.0))
-    inverted = [torch.allclose(image, 1 - plain) for image in samples(0.5)]
-    kept = [torch.equal(image, plain) for image in samples(0.5)]
+    half = samples(0.5)
+    inverted = [torch.allclose(image, 1 - plain) for image in half]
+    kept = [torch.equal(image, plain) for image in half]
     assert any(inverted) and any(kept) and all(a != b for a, b in zip(inverted, kept))
 
 
