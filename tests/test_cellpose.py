@@ -19,7 +19,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from scipy import ndimage
-from test_flow_unet import fit_one_image
+from test_flow_unet import fit_one_image, instances
 from test_watershed import discs
 from torch import nn
 
@@ -36,6 +36,7 @@ from pipeline.core.predictions import load_predictions
 from pipeline.models import build_model
 from pipeline.models.base import SampleInstances
 from pipeline.models.cellpose import (
+    EXEMPLARS,
     CellposeModel,
     cellpose_input,
     edge_taper,
@@ -44,7 +45,7 @@ from pipeline.models.cellpose import (
     tiled_maps,
 )
 from pipeline.models.checkpoints import load_weights, read_checkpoint
-from pipeline.models.flow_maps import FlowEnsemble, maps_to_predictions, mean_maps
+from pipeline.models.flow_maps import FlowEnsemble, flow_targets, maps_to_predictions, mean_maps
 
 SDIST_ROOT = "scellseg-0.1.8"
 WEIGHTS_MEMBER = "scellseg/assets/pretrained_models/cellpose"
@@ -286,9 +287,9 @@ def test_cellpose_files_load_and_compute_cellpose_outputs(tmp_path, layout):
     model = tiny_model(("a", "b"))
     summary = load_weights(model, tmp_path / "weights")
     own = len(model.state_dict())
-    loaded = len(stored)  # every tensor of the file; new: the class head (and scellseg's diameters)
-    assert summary.endswith(f"{loaded} of {own} tensors")
-    assert own - loaded == (2 if layout == "cellpose" else 4)
+    loaded = len(stored)  # every tensor of the file; new: the class head, the 4 exemplar tensors
+    assert summary.endswith(f"{loaded} of {own} tensors")  # (and scellseg's diameters)
+    assert own - loaded == (6 if layout == "cellpose" else 8)
     x = torch.randn(2, 2, 24, 40)
     with torch.no_grad():
         ours = model.net(x)
@@ -377,7 +378,7 @@ def test_test_images_are_sized_so_cells_are_diam_mean_wide():
     assert CellposeModel.image_scale([model], image, 0.5) == pytest.approx(scale / 2, rel=0.05)
     assert CellposeModel.image_scale([model], torch.zeros(1, 32, 32), 1.0) == 1.0  # no cell
     by_labels = ideal_model("model.cellpose.size=labels")
-    by_labels.set_training_diameter(15.0)
+    by_labels.learn_training_set(15.0, [])
     assert CellposeModel.image_scale([by_labels], image, 1.0) == 2.0  # 30 / 15, no first pass
     small = ideal_model("model.cellpose.diam_mean=300")
     assert CellposeModel.image_scale([small], image, 1.0) == 2.5  # within zoom_range
@@ -402,7 +403,7 @@ def test_input_is_percentile_normalised_grey_and_a_zero_channel():
     assert torch.corrcoef(torch.stack([x[0, 0].flatten(), grey]))[0, 1] > 0.999
 
 
-def test_input_is_inverted_where_cells_are_dark():
+def test_input_is_inverted_where_flagged_and_skewness_tells_dark_cells():
     # fluorescence: a few bright cells on a dark field; phase contrast: dark cells on a bright one
     field = torch.rand(1, 1, 40, 40) * 0.1
     bright = field.clone()
@@ -411,11 +412,88 @@ def test_input_is_inverted_where_cells_are_dark():
     assert skewness(bright[:, 0]) > 1 and skewness(dark[:, 0]) < -1
     both = torch.cat([bright, dark])
     as_is = cellpose_input(both)[:, 0]
-    auto = cellpose_input(both, "auto")[:, 0]
-    assert torch.equal(auto[0], as_is[0])  # bright cells stay
-    assert torch.allclose(auto[1], 1 - as_is[1])  # dark cells turned bright
-    assert auto[1, 8, 8] > auto[1, 30, 30]
-    assert torch.allclose(cellpose_input(both, "always")[:, 0], 1 - as_is)
+    flagged = cellpose_input(both, torch.tensor([False, True]))[:, 0]
+    assert torch.equal(flagged[0], as_is[0])  # bright cells stay
+    assert torch.allclose(flagged[1], 1 - as_is[1])  # dark cells turned bright
+    assert flagged[1, 8, 8] > flagged[1, 30, 30]
+    assert torch.allclose(cellpose_input(both, True)[:, 0], 1 - as_is)
+
+
+def fluorescence(seed: int) -> tuple[torch.Tensor, np.ndarray]:
+    """Bright discs on a dark, noisy field, and their labels."""
+    rng = np.random.default_rng(seed)
+    labels = discs((96, 96), rng.integers(12, 84, size=(6, 2)).tolist(), 6)
+    grey = np.where(labels > 0, 0.8, 0.1) + rng.normal(0, 0.03, labels.shape)
+    return torch.from_numpy(grey.clip(0, 1).astype(np.float32))[None], labels
+
+
+def phase_contrast(seed: int) -> tuple[torch.Tensor, np.ndarray]:
+    """Dark discs, larger than `fluorescence`'s, on a grey field with bright halos around them,
+    so that the grey levels are positively skewed although the cells are dark (as grown colonies
+    are)."""
+    rng = np.random.default_rng(seed)
+    labels = discs((96, 96), rng.integers(14, 82, size=(4, 2)).tolist(), 9)
+    ring = ndimage.binary_dilation(labels > 0, iterations=4) & (labels == 0)
+    grey = np.where(labels > 0, 0.25, np.where(ring, 1.0, 0.45))
+    grey = grey + rng.normal(0, 0.03, labels.shape)
+    return torch.from_numpy(grey.clip(0, 1).astype(np.float32))[None], labels
+
+
+def test_auto_inverts_as_the_nearest_training_image_whatever_the_skewness():
+    torch.manual_seed(0)
+    model = tiny_model(("cell",), "model.cellpose.invert=auto")
+    test_phase, _ = phase_contrast(10)
+    assert skewness(test_phase) > 0  # the skewness rule would leave it as it is
+    assert not model.cells_dark(test_phase)  # which is what a model without exemplars does
+    samples = [fluorescence(1), None, phase_contrast(2), fluorescence(3), phase_contrast(4)]
+    samples.append((torch.full((1, 96, 96), 0.5), np.zeros((96, 96), np.int32)))  # no cell
+    model.learn_training_set(30.0, samples)
+    assert model.exemplar_sizes[:, 0].gt(0).sum() == 4  # unreadable and cell-less skipped
+    assert model.exemplar_dark[:4].tolist() == [False, True, False, True]
+    assert model.cells_dark(test_phase)
+    assert not model.cells_dark(fluorescence(11)[0])
+    # the exemplars travel with the weights
+    loaded = tiny_model(("cell",), "model.cellpose.invert=auto")
+    loaded.load_state_dict(model.state_dict())
+    assert loaded.cells_dark(test_phase) and not loaded.cells_dark(fluorescence(11)[0])
+    bright = tiny_model(("cell",), "model.cellpose.invert=auto")
+    bright.learn_training_set(30.0, [fluorescence(1)])
+    # fold models vote: an image is inverted where most find its cells dark
+    shown, _ = CellposeModel.image_input([model, bright, loaded], test_phase, 1.0)
+    assert torch.equal(shown, 1 - test_phase)
+    loaded.load_state_dict(bright.state_dict())
+    assert not loaded.cells_dark(test_phase)  # only bright exemplars now
+    shown, _ = CellposeModel.image_input([model, bright, loaded], test_phase, 1.0)
+    assert torch.equal(shown, test_phase)
+    # size: exemplar takes the nearest exemplar's median diameter (the median over models)
+    for kind, query in ((phase_contrast, test_phase), (fluorescence, fluorescence(11)[0])):
+        areas = np.bincount(kind(2)[1].ravel())[1:]
+        want = 30 / median_diameter(areas[areas > 0])
+        model.cfg = model.cfg.model_copy(update={"size": "exemplar"})
+        assert CellposeModel.image_input([model], query, 1.0)[1] == pytest.approx(want, rel=0.02)
+        assert CellposeModel.image_input([model], query, 0.5)[1] == pytest.approx(
+            want / 2, rel=0.02
+        )
+    many = tiny_model(("cell",), "model.cellpose.invert=auto")
+    many.learn_training_set(30.0, [phase_contrast(k) for k in range(3 * EXEMPLARS)])
+    assert many.exemplar_sizes[:, 0].gt(0).all()
+
+
+def test_training_crops_are_inverted_where_their_labels_say_cells_are_dark():
+    torch.manual_seed(0)
+    auto = tiny_model(("cell",), "model.cellpose.invert=auto").train()
+    image, labels = phase_contrast(5)
+    cells = torch.from_numpy(labels > 0)
+    assert auto.crop_dark(image, cells) and not auto.crop_dark(1 - image, cells)
+    empty = torch.zeros_like(cells)
+    assert auto.crop_dark(image, empty) == bool(skewness(image) < 0)  # no cell: skewness
+    targets = [flow_targets(instances(labels, [1] * labels.max()))] * 2
+    plain = tiny_model(("cell",)).train()
+    plain.load_state_dict(auto.state_dict())
+    as_auto = auto([image, 1 - image], targets)
+    as_bright = plain([1 - image, 1 - image], targets)
+    for name, loss in as_auto.items():
+        assert loss.item() == pytest.approx(as_bright[name].item(), rel=1e-4), name
 
 
 def test_the_model_inverts_as_its_config_says_in_training_and_prediction():
@@ -427,9 +505,11 @@ def test_the_model_inverts_as_its_config_says_in_training_and_prediction():
     with torch.no_grad():
         trained_on = inverted.batch_maps([image]), plain.batch_maps([1 - image])
     assert torch.allclose(*trained_on, atol=1e-4)
-    predicted = inverted.image_maps(image, 1.0), plain.image_maps(1 - image, 1.0)
-    assert torch.allclose(*predicted, atol=1e-3)
-    assert not torch.allclose(plain.image_maps(image, 1.0), predicted[1], atol=1e-3)
+    assert torch.equal(CellposeModel.image_input([inverted], image, 1.0)[0], 1 - image)
+    assert torch.equal(CellposeModel.image_input([plain], image, 1.0)[0], image)
+    (shown_inverted,), (shown_plain,) = inverted.predict([image]), plain.predict([1 - image])
+    assert np.array_equal(shown_inverted.boxes, shown_plain.boxes)
+    assert np.allclose(shown_inverted.scores, shown_plain.scores)
 
 
 class PointNet(nn.Module):
@@ -582,10 +662,13 @@ def test_fine_tuning_moves_away_from_the_pretrained_start(zero_shot):
     work, state = zero_shot
     settings = [f"work_dir={work}", f"finetune.init={work / 'cellpose.pth'}", *CHAIN]
     tuned = [*settings, "finetune.solver.max_iter=2", "finetune.folds=[0]"]
-    assert cellpipe(["finetune", *tuned]) == 0
+    assert cellpipe(["finetune", *tuned, "model.cellpose.invert=auto"]) == 0
     weights = read_checkpoint(work / "finetune" / "cellpose" / "fold0" / "model_best.pth")["model"]
     name = "downsample.down.res_down_0.conv.conv_1.2.weight"
     assert not torch.equal(weights[f"net.{name}"], state[name])
+    # invert: auto keeps training images with their polarity (the synthetic cells are dark)
+    kept = weights["exemplar_sizes"][:, 0] > 0
+    assert kept.any() and weights["exemplar_dark"][kept].all()
 
 
 def test_pretraining_starts_from_cellpose_weights_and_fine_tuning_from_it(tmp_path):

@@ -378,20 +378,25 @@ class CellposeConfig(FlowConfig):
         description="px: the cell diameter the network works at (cellpose's; its nuclei model's "
         "is 17). Weights made at another say so when they load",
     )
-    size: Literal["first_pass", "labels", "none"] = Field(
+    size: Literal["first_pass", "labels", "exemplar", "none"] = Field(
         "first_pass",
         description="how images are sized so that cells are diam_mean wide: in training always "
         "by the median cell diameter of each image's labels (but `none`); at test time "
         "`labels`: the median of the training images' diameters, `first_pass`: the median "
         "diameter of the masks a first pass at that size finds (one view, then the views of "
-        "map_tta at the new size); `none`: model.scale",
+        "map_tta at the new size); `exemplar`: the labels' median diameter of the image's "
+        "nearest exemplar by the network's style vector (up to 16 training images kept in the "
+        "checkpoint; the median over fold models), as cellpose's size model regresses it from "
+        "the style; `none`: model.scale",
     )
     invert: Literal["never", "always", "auto"] = Field(
         "never",
         description="grey levels inverted before the network (cellpose's `invert`), so that "
         "cells are bright as in the images its models learnt: `always` (dark cells, as in phase "
-        "contrast or bright field), `auto`: each image (a training crop, a whole test image) "
-        "whose grey levels are negatively skewed, i.e. whose rare pixels are dark ones",
+        "contrast or bright field), `auto`: a training crop where its labels' cells are darker "
+        "than the rest (lacking cells or background: where its grey levels are negatively "
+        "skewed), a test image where its nearest exemplar by the network's style vector is one "
+        "(up to 16 training images kept in the checkpoint with their labels' polarity)",
     )
     zoom_range: tuple[float, float] = Field(
         (0.4, 2.5),

@@ -18,8 +18,10 @@ registered with `@register`, configured by the block `model.<name>` of `pipeline
   folds); by default each alone, their instances merged by mask voting (the flow families,
   `flow_unet` and `cellpose`, return one model averaging their maps: models/flow_maps.py).
 - `diameter`: px, the median cell diameter each training image is scaled to (None: none, the
-  default); `set_training_diameter(d)`: told the training images' median cell diameter once a
-  run's weights are set (cellpose keeps it to size test images; ignored by default).
+  default); `learn_training_set(d, samples)`: told the training images' median cell diameter,
+  and the images with their labels, once a run's weights are set (cellpose keeps the diameter to
+  size test images, and a few images with their cells' polarity to invert them; ignored by
+  default).
 - `class_heads`: state-dict key prefixes whose shapes follow the number of classes (re-initialised
   when weights come from other classes); `import_state`: renames a foreign state dict (detectron2's
   for `maskrcnn`, cellpose's and scellseg's for `cellpose`).

@@ -51,6 +51,8 @@ def image_to_tensor(image: np.ndarray) -> torch.Tensor:
 
 
 TargetMaker = Callable[[SampleInstances], dict[str, torch.Tensor]]
+# training images (C, H, W) in [0, 1] with their int32 label images; None: unreadable
+TrainingImages = Sequence[tuple[torch.Tensor, np.ndarray] | None]
 
 
 class CellModel(nn.Module):
@@ -73,9 +75,10 @@ class CellModel(nn.Module):
         """px: the median cell diameter each training image is scaled to (None: `scale` only)."""
         return None
 
-    def set_training_diameter(self, diameter: float) -> None:
+    def learn_training_set(self, diameter: float, samples: TrainingImages) -> None:
         """Told, once a run's weights are set, the median cell diameter of its training images
-        (a family that sizes test images from it keeps it in its state); by default ignored."""
+        and the images with their label images, read on demand (a family that sizes or inverts
+        test images by them keeps what it needs in its state); by default ignored."""
 
     @staticmethod
     def target_maker(cfg: Any) -> TargetMaker:

@@ -15,6 +15,13 @@ Preprocessing as cellpose's: a grey image scaled so that its 1st / 99th percenti
 (inverted as `model.cellpose.invert` says: cellpose's `invert`, or `auto` per image), as channel
 0, zeros as channel 1 (the nuclei channel the model files expect); images sized so that cells are
 `diam_mean` px wide (`model.cellpose.size`); overlapping tiles of `tile` px, blended.
+
+Exemplars: up to EXEMPLARS training images kept as buffers with their labels' polarity and median
+cell diameter; their styles (cellpose's image descriptor) are the network's of the moment, so
+fine-tuned weights compare with themselves. `invert: auto` learns polarity from the labels: a
+training crop is inverted where its cells are darker than the rest, a test image as its nearest
+exemplar by style is (fold models vote); `size: exemplar` takes that exemplar's diameter, as
+cellpose's size model regresses sizes from the style.
 """
 
 from __future__ import annotations
@@ -30,9 +37,10 @@ from torch import nn
 from pipeline.config import CellposeConfig
 from pipeline.core.errors import CellpipeError
 from pipeline.core.instances import median_diameter
-from pipeline.models.base import register
+from pipeline.models.base import TrainingImages, register
 from pipeline.models.flow_maps import (
     FlowFamily,
+    flow_losses,
     maps_labels,
     mean_maps,
     normalise,
@@ -45,6 +53,10 @@ IN_CHANNELS = 2  # the cell signal, and a nuclei channel (zeros here)
 TILE_BATCH = 8  # tiles per network call at inference
 # cellpose's outputs (dy, dx, cell logit) to this project's map order (cell logit, dy, dx)
 TO_MAPS = [2, 0, 1]
+# `invert: auto`: training images kept to tell test images' polarity, each its central px at the
+# test-time first scale (grey, 8-bit: at most 4 MB of the checkpoint)
+EXEMPLARS = 16
+EXEMPLAR_SIZE = 512
 
 
 def _norm_relu_conv(c_in: int, c_out: int, size: int) -> nn.Sequential:
@@ -188,17 +200,29 @@ def skewness(grey: torch.Tensor) -> torch.Tensor:
     return centred.pow(3).mean(dim=1) / spread**3
 
 
-def cellpose_input(images: torch.Tensor, invert: str = "never") -> torch.Tensor:
+def cells_darker(grey: torch.Tensor, cells: torch.Tensor) -> bool | None:
+    """Whether the pixels of `cells` (a boolean mask of grey's shape) are darker on average than
+    the others; None where there are no cells or nothing else."""
+    if cells.all() or not cells.any():
+        return None
+    return bool(grey[cells].mean() < grey[~cells].mean())
+
+
+def cellpose_input(images: torch.Tensor, dark: torch.Tensor | bool = False) -> torch.Tensor:
     """(B, C, H, W) in [0, 1] -> (B, 2, H, W): the grey image at cellpose's percentile
-    normalisation (inverted: always, or `auto` where its `skewness` is negative, so that cells
-    are bright as in the images cellpose's models learnt), and a zero nuclei channel."""
+    normalisation, inverted where `dark` ((B,) flags, or one for all) so that cells are bright
+    as in the images cellpose's models learnt, and a zero nuclei channel."""
     grey = normalise(images)
-    if invert == "always":
-        grey = 1 - grey
-    elif invert == "auto":
-        dark = (skewness(grey) < 0).view(-1, 1, 1, 1)
-        grey = torch.where(dark, 1 - grey, grey)
+    dark = torch.as_tensor(dark, device=grey.device).view(-1, 1, 1, 1)
+    grey = torch.where(dark, 1 - grey, grey)
     return torch.cat([grey, torch.zeros_like(grey)], dim=1)
+
+
+def centre_crop(x: torch.Tensor, size: int) -> torch.Tensor:
+    """The central `size` x `size` px of x (..., H, W) (all of a side no longer)."""
+    height, width = x.shape[-2:]
+    top, left = max(0, (height - size) // 2), max(0, (width - size) // 2)
+    return x[..., top : top + size, left : left + size]
 
 
 def tile_starts(length: int, tile: int, overlap: float) -> list[int]:
@@ -262,14 +286,119 @@ class CellposeModel(FlowFamily):
     def __init__(self, cfg: CellposeConfig, classes: Sequence[str], scale: float = 1.0):
         super().__init__(cfg, classes, scale)
         self.net = CPNet(cfg.channels, len(self.classes), cfg.diam_mean)
+        # exemplars (`invert: auto`, `size: exemplar`): grey views (`polarity_view`), their
+        # sizes (0: empty slot), whether their cells are dark, their median cell diameter; their
+        # styles are the network's of the moment
+        side = EXEMPLAR_SIZE
+        self.register_buffer("exemplars", torch.zeros(EXEMPLARS, side, side, dtype=torch.uint8))
+        self.register_buffer("exemplar_sizes", torch.zeros(EXEMPLARS, 2, dtype=torch.int64))
+        self.register_buffer("exemplar_dark", torch.zeros(EXEMPLARS, dtype=torch.bool))
+        self.register_buffer("exemplar_diameters", torch.zeros(EXEMPLARS))
+        self._exemplar_styles: torch.Tensor | None = None
+        self.register_load_state_dict_post_hook(CellposeModel._forget_styles)
+
+    def _forget_styles(self, *_) -> None:
+        """New weights, new styles: the exemplars' are taken again when next needed."""
+        self._exemplar_styles = None
+
+    def train(self, mode: bool = True) -> CellposeModel:
+        self._forget_styles()  # training changes the weights
+        return super().train(mode)
 
     @property
     def diameter(self) -> float | None:
         return None if self.cfg.size == "none" else self.cfg.diam_mean
 
-    def set_training_diameter(self, diameter: float) -> None:
-        """Kept as cellpose keeps it (`diam_labels`): the test-time size's start."""
+    def first_zoom(self) -> float:
+        """The zoom that makes cells of the training labels' median diameter (cellpose's
+        `diam_labels`) `diam_mean` wide, within `zoom_range`."""
+        low, high = self.cfg.zoom_range
+        return float(np.clip(self.cfg.diam_mean / self.net.diam_labels.item(), low, high))
+
+    def learn_training_set(self, diameter: float, samples: TrainingImages) -> None:
+        """Keeps the diameter as cellpose keeps it (`diam_labels`: the test-time size's start)
+        and, as exemplars, up to EXEMPLARS of the images, evenly spread, each with whether its
+        labels' cells are darker than the rest and their median diameter (images without cells
+        or background skipped)."""
         self.net.diam_labels.fill_(diameter)
+        self.exemplar_sizes.zero_()
+        picks = np.unique(np.linspace(0, len(samples) - 1, EXEMPLARS).round().astype(int))
+        slot = 0
+        for index in picks if len(samples) else []:
+            sample = samples[int(index)]
+            if sample is None:
+                continue
+            image, labels = sample
+            darker = cells_darker(image.mean(dim=0), torch.from_numpy(labels > 0))
+            if darker is None:
+                continue
+            view = (self.polarity_view(image)[0, 0] * 255).round().to(torch.uint8)
+            self.exemplars[slot].zero_()
+            self.exemplars[slot, : view.shape[0], : view.shape[1]] = view
+            self.exemplar_sizes[slot] = torch.tensor(view.shape)
+            self.exemplar_dark[slot] = darker
+            areas = np.bincount(labels.ravel())[1:]
+            self.exemplar_diameters[slot] = median_diameter(areas[areas > 0])
+            slot += 1
+        self._exemplar_styles = None
+
+    def polarity_view(self, image: torch.Tensor) -> torch.Tensor:
+        """Grey (1, 1, h, w) in [0, 1]: the centre of an image (C, H, W) at `first_zoom`, at most
+        EXEMPLAR_SIZE px a side, what exemplars are compared by."""
+        grey = image.float().mean(dim=0)[None, None]
+        zoom = self.first_zoom()
+        grey = centre_crop(grey, math.ceil(EXEMPLAR_SIZE / zoom))
+        if zoom != 1.0:
+            grey = F.interpolate(grey, scale_factor=zoom, mode="bilinear", antialias=zoom < 1)
+        return centre_crop(grey, EXEMPLAR_SIZE).clamp(0, 1)
+
+    @torch.no_grad()
+    def style(self, view: torch.Tensor) -> torch.Tensor:
+        """The network's style vector (S,) of a grey view (1, 1, h, w), not inverted (under
+        `amp`)."""
+        x = cellpose_input(view)
+        x = pad_to(x, *padded_size(*x.shape[-2:], self.net.stride))
+        device = x.device.type
+        half = torch.bfloat16 if device == "cpu" else torch.float16
+        with torch.autocast(device, dtype=half, enabled=self.cfg.amp):
+            return style_vector(self.net.downsample(x)[-1].float())[0]
+
+    def nearest_exemplar(self, image: torch.Tensor) -> tuple[bool, float] | None:
+        """Of an image (C, H, W)'s nearest exemplar by style (cosine): whether its cells are
+        dark, and their median diameter; None without exemplars."""
+        kept = self.exemplar_sizes[:, 0] > 0
+        if not kept.any():
+            return None
+        if self._exemplar_styles is None:
+            views = [
+                self.exemplars[k, :h, :w].float()[None, None] / 255
+                for k, (h, w) in enumerate(self.exemplar_sizes.tolist())
+                if h
+            ]
+            self._exemplar_styles = torch.stack([self.style(v) for v in views])
+        nearest = int(torch.argmax(self._exemplar_styles @ self.style(self.polarity_view(image))))
+        dark, diameters = self.exemplar_dark[kept], self.exemplar_diameters[kept]
+        return bool(dark[nearest]), float(diameters[nearest])
+
+    def cells_dark(self, image: torch.Tensor) -> bool:
+        """Whether an image (C, H, W) is inverted: as `invert` says; `auto`: as its nearest
+        exemplar is, or, with no exemplar, where its `skewness` is negative."""
+        if self.cfg.invert != "auto":
+            return self.cfg.invert == "always"
+        nearest = self.nearest_exemplar(image)
+        if nearest is None:
+            return bool(skewness(normalise(image[None])[:, 0]) < 0)
+        return nearest[0]
+
+    def crop_dark(self, image: torch.Tensor, cells: torch.Tensor) -> bool:
+        """Whether a training crop (C, h, w) with its cell mask is inverted: as `invert` says;
+        `auto`: where its cells are darker than the rest, or, lacking either, its skewness is
+        negative."""
+        if self.cfg.invert != "auto":
+            return self.cfg.invert == "always"
+        grey = normalise(image[None])[:, 0]
+        darker = cells_darker(grey[0], cells)
+        return bool(skewness(grey) < 0) if darker is None else darker
 
     def import_state(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """cellpose's model files (and scellseg's copy) under this model's names; a file made at
@@ -284,20 +413,32 @@ class CellposeModel(FlowFamily):
                 raise CellpipeError(f"cellpose weights made at another diameter need {needed}")
         return {f"net.{name}": tensor for name, tensor in state.items()}
 
-    def batch_maps(self, images: Sequence[torch.Tensor]) -> torch.Tensor:
-        """Each image normalised (cellpose's two channels), padded to one size."""
+    def forward(
+        self, images: list[torch.Tensor], targets: list[dict[str, torch.Tensor]]
+    ) -> dict[str, torch.Tensor]:
+        """Training losses; each crop inverted as `crop_dark` says of it and its labels."""
+        dark = [self.crop_dark(im, t["classes"] > 0) for im, t in zip(images, targets)]
+        return flow_losses(self.batch_maps(images, dark).float(), images, targets)
+
+    def batch_maps(
+        self, images: Sequence[torch.Tensor], dark: Sequence[bool] | None = None
+    ) -> torch.Tensor:
+        """Each image normalised (cellpose's two channels; inverted where `dark`, by default as
+        `invert` says but `auto`), padded to one size."""
         height = max(int(im.shape[-2]) for im in images)
         width = max(int(im.shape[-1]) for im in images)
-        inputs = (cellpose_input(im[None], self.cfg.invert) for im in images)
+        if dark is None:
+            dark = [self.cfg.invert == "always"] * len(images)
+        inputs = (cellpose_input(im[None], d) for im, d in zip(images, dark))
         batch = torch.cat([pad_to(x, height, width) for x in inputs])
         return run_net(self.net, batch)
 
     @torch.no_grad()
     def image_maps(self, image: torch.Tensor, scale: float) -> torch.Tensor:
-        """The image normalised, resized by `scale`, seen in tiles (under `amp`); its maps resized
-        back."""
+        """The image normalised, resized by `scale`, seen in tiles (under `amp`); its maps
+        resized back."""
         height, width = (int(s) for s in image.shape[-2:])
-        x = cellpose_input(image[None], self.cfg.invert)
+        x = cellpose_input(image[None])
         if scale != 1.0:
             x = F.interpolate(x, scale_factor=scale, mode="bilinear", antialias=scale < 1)
         device = x.device.type
@@ -310,21 +451,46 @@ class CellposeModel(FlowFamily):
         return maps
 
     @classmethod
-    def image_scale(cls, models: Sequence[FlowFamily], image: torch.Tensor, scale: float) -> float:
+    def image_input(
+        cls, models: Sequence[FlowFamily], image: torch.Tensor, scale: float
+    ) -> tuple[torch.Tensor, float]:
+        """The image inverted (1 - image, the same as inverting its percentile normalisation)
+        where most of `models` find its cells dark (`cells_dark`: fold models, each by its own
+        exemplars, vote), at `image_scale`."""
+        votes = [model.cells_dark(image) for model in models]
+        shown = 1 - image if 2 * sum(votes) > len(votes) else image
+        if models[0].cfg.size != "exemplar":
+            return shown, cls.image_scale(models, shown, scale)
+        told = [model.nearest_exemplar(image) for model in models]
+        diameters = [nearest[1] for nearest in told if nearest is not None]
+        return shown, cls.image_scale(models, shown, scale, diameters)
+
+    @classmethod
+    def image_scale(
+        cls,
+        models: Sequence[FlowFamily],
+        image: torch.Tensor,
+        scale: float,
+        exemplar_diameters: Sequence[float] = (),
+    ) -> float:
         """`scale` times the zoom that makes the cells `diam_mean` wide: judged by the training
-        labels' median diameter, then (`first_pass`) by the masks that a first pass at that size
-        finds (one view, the first model: fold models agree on sizes); within `zoom_range`."""
-        cfg: CellposeConfig = models[0].cfg
+        labels' median diameter (`first_zoom`), then (`first_pass`) by the masks that a first
+        pass at that size finds (one view, the first model: fold models agree on sizes), or
+        (`exemplar`) by the median of `exemplar_diameters`; within `zoom_range`."""
+        model: CellposeModel = models[0]
+        cfg = model.cfg
         if cfg.size == "none":
             return scale
-        low, high = cfg.zoom_range
-        labels_diameter = models[0].net.diam_labels.item()
-        first = scale * float(np.clip(cfg.diam_mean / labels_diameter, low, high))
-        if cfg.size == "labels":
+        first = scale * model.first_zoom()
+        if cfg.size == "labels" or (cfg.size == "exemplar" and not exemplar_diameters):
             return first
-        found = maps_labels(mean_maps(models[:1], image, first, ["none"]), cfg)
-        areas = np.bincount(found.ravel())[1:]
-        diameter = median_diameter(areas[areas > 0])
+        if cfg.size == "exemplar":
+            diameter = float(np.median(exemplar_diameters))
+        else:
+            found = maps_labels(mean_maps(models[:1], image, first, ["none"]), cfg)
+            areas = np.bincount(found.ravel())[1:]
+            diameter = median_diameter(areas[areas > 0])
         if diameter <= 0:
             return first
+        low, high = cfg.zoom_range
         return scale * float(np.clip(cfg.diam_mean / diameter, low, high))

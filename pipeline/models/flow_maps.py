@@ -166,11 +166,11 @@ def predict_maps(
     models: Sequence[FlowFamily], images: Sequence[torch.Tensor], scale: float, cfg: FlowConfig
 ) -> list[ImagePredictions]:
     """Per image: masks from the mean maps of `models` under the views of `cfg.map_tta`, at the
-    scale the family chooses for the image (`image_scale`)."""
+    scale the family chooses for the image, shown as it chooses (`image_input`)."""
     family = type(models[0])
     out = []
     for image in images:
-        sized = family.image_scale(models, image, scale)
+        image, sized = family.image_input(models, image, scale)
         out.append(maps_to_predictions(mean_maps(models, image, sized, cfg.map_tta), cfg))
     return out
 
@@ -189,9 +189,12 @@ class FlowFamily(CellModel):
         raise NotImplementedError
 
     @classmethod
-    def image_scale(cls, models: Sequence[FlowFamily], image: torch.Tensor, scale: float) -> float:
-        """The scale at which `models` see `image` (default: `scale`, the model's)."""
-        return scale
+    def image_input(
+        cls, models: Sequence[FlowFamily], image: torch.Tensor, scale: float
+    ) -> tuple[torch.Tensor, float]:
+        """The image (C, H, W) as `models` are shown it and the scale they see it at (default:
+        as it is, at `scale`, the model's)."""
+        return image, scale
 
     @staticmethod
     def target_maker(cfg: FlowConfig):

@@ -178,7 +178,7 @@ def train_run(
 
     def start(model: CellModel) -> str:
         summary = "random weights" if init is None else load_weights(model, init)
-        model.set_training_diameter(diameter)
+        model.learn_training_set(diameter, CocoImages(records))
         return summary
 
     return fit(model, dataset, train.solver, run_dir, meta, ctx, init=start, validate=validate)
