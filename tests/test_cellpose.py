@@ -439,30 +439,34 @@ def phase_contrast(seed: int) -> tuple[torch.Tensor, np.ndarray]:
     return torch.from_numpy(grey.clip(0, 1).astype(np.float32))[None], labels
 
 
+def shown_dark(model: CellposeModel, image: torch.Tensor) -> bool:
+    return model.cells_dark(image, model.nearest_exemplar(image))
+
+
 def test_auto_inverts_as_the_nearest_training_image_whatever_the_skewness():
     torch.manual_seed(0)
     model = tiny_model(("cell",), "model.cellpose.invert=auto")
     test_phase, _ = phase_contrast(10)
     assert skewness(test_phase) > 0  # the skewness rule would leave it as it is
-    assert not model.cells_dark(test_phase)  # which is what a model without exemplars does
+    assert not shown_dark(model, test_phase)  # which is what a model without exemplars does
     samples = [fluorescence(1), None, phase_contrast(2), fluorescence(3), phase_contrast(4)]
     samples.append((torch.full((1, 96, 96), 0.5), np.zeros((96, 96), np.int32)))  # no cell
     model.learn_training_set(30.0, samples)
     assert model.exemplar_sizes[:, 0].gt(0).sum() == 4  # unreadable and cell-less skipped
     assert model.exemplar_dark[:4].tolist() == [False, True, False, True]
-    assert model.cells_dark(test_phase)
-    assert not model.cells_dark(fluorescence(11)[0])
+    assert shown_dark(model, test_phase)
+    assert not shown_dark(model, fluorescence(11)[0])
     # the exemplars travel with the weights
     loaded = tiny_model(("cell",), "model.cellpose.invert=auto")
     loaded.load_state_dict(model.state_dict())
-    assert loaded.cells_dark(test_phase) and not loaded.cells_dark(fluorescence(11)[0])
+    assert shown_dark(loaded, test_phase) and not shown_dark(loaded, fluorescence(11)[0])
     bright = tiny_model(("cell",), "model.cellpose.invert=auto")
     bright.learn_training_set(30.0, [fluorescence(1)])
     # fold models vote: an image is inverted where most find its cells dark
     shown, _ = CellposeModel.image_input([model, bright, loaded], test_phase, 1.0)
     assert torch.equal(shown, 1 - test_phase)
     loaded.load_state_dict(bright.state_dict())
-    assert not loaded.cells_dark(test_phase)  # only bright exemplars now
+    assert not shown_dark(loaded, test_phase)  # only bright exemplars now
     shown, _ = CellposeModel.image_input([model, bright, loaded], test_phase, 1.0)
     assert torch.equal(shown, test_phase)
     # size: exemplar takes the nearest exemplar's median diameter (the median over models)

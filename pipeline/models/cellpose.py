@@ -380,12 +380,11 @@ class CellposeModel(FlowFamily):
         dark, diameters = self.exemplar_dark[kept], self.exemplar_diameters[kept]
         return bool(dark[nearest]), float(diameters[nearest])
 
-    def cells_dark(self, image: torch.Tensor) -> bool:
+    def cells_dark(self, image: torch.Tensor, nearest: tuple[bool, float] | None) -> bool:
         """Whether an image (C, H, W) is inverted: as `invert` says; `auto`: as its nearest
-        exemplar is, or, with no exemplar, where its `skewness` is negative."""
+        exemplar (`nearest_exemplar`) is, or, with none, where its `skewness` is negative."""
         if self.cfg.invert != "auto":
             return self.cfg.invert == "always"
-        nearest = self.nearest_exemplar(image)
         if nearest is None:
             return bool(skewness(normalise(image[None])[:, 0]) < 0)
         return nearest[0]
@@ -457,11 +456,11 @@ class CellposeModel(FlowFamily):
         """The image inverted (1 - image, the same as inverting its percentile normalisation)
         where most of `models` find its cells dark (`cells_dark`: fold models, each by its own
         exemplars, vote), at `image_scale`."""
-        votes = [model.cells_dark(image) for model in models]
+        cfg = models[0].cfg
+        asked = cfg.invert == "auto" or cfg.size == "exemplar"
+        told = [model.nearest_exemplar(image) if asked else None for model in models]
+        votes = [model.cells_dark(image, nearest) for model, nearest in zip(models, told)]
         shown = 1 - image if 2 * sum(votes) > len(votes) else image
-        if models[0].cfg.size != "exemplar":
-            return shown, cls.image_scale(models, shown, scale)
-        told = [model.nearest_exemplar(image) for model in models]
         diameters = [nearest[1] for nearest in told if nearest is not None]
         return shown, cls.image_scale(models, shown, scale, diameters)
 
