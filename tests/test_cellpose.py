@@ -384,6 +384,17 @@ def test_test_images_are_sized_so_cells_are_diam_mean_wide():
     assert CellposeModel.image_scale([small], image, 1.0) == 2.5  # within zoom_range
     none = ideal_model("model.cellpose.size=none")
     assert CellposeModel.image_scale([none], image, 0.8) == 0.8
+    # exemplar_first_pass: the first pass at the exemplars' median size, then the masks' size
+    refined = ideal_model("model.cellpose.size=exemplar_first_pass")
+    assert CellposeModel.image_scale([refined], image, 1.0, [10.0, 15.0, 60.0]) == pytest.approx(
+        scale, rel=0.05
+    )
+    assert refined.net.seen == [tuple(-(-int(n * 2.0) // 8) * 8 for n in (64, 80))]  # 30 / 15
+    assert CellposeModel.image_scale([refined], image, 1.0) == pytest.approx(scale, rel=0.05)
+    assert refined.net.seen[-1] == (64, 80)  # no exemplar: at the labels' size
+    exemplar = ideal_model("model.cellpose.size=exemplar")
+    assert CellposeModel.image_scale([exemplar], image, 1.0, [15.0]) == 2.0  # no first pass
+    assert not exemplar.net.seen
     model.net.seen.clear()
     (pred,) = model.predict([image])
     assert pred.shape == (64, 80)

@@ -378,7 +378,7 @@ class CellposeConfig(FlowConfig):
         description="px: the cell diameter the network works at (cellpose's; its nuclei model's "
         "is 17). Weights made at another say so when they load",
     )
-    size: Literal["first_pass", "labels", "exemplar", "none"] = Field(
+    size: Literal["first_pass", "labels", "exemplar", "exemplar_first_pass", "none"] = Field(
         "first_pass",
         description="how images are sized so that cells are diam_mean wide: in training always "
         "by the median cell diameter of each image's labels (but `none`); at test time "
@@ -387,7 +387,8 @@ class CellposeConfig(FlowConfig):
         "map_tta at the new size); `exemplar`: the labels' median diameter of the image's "
         "nearest exemplar by the network's style vector (up to 16 training images kept in the "
         "checkpoint; the median over fold models), as cellpose's size model regresses it from "
-        "the style; `none`: model.scale",
+        "the style; `exemplar_first_pass`: a first pass at the exemplar's size, as cellpose's "
+        "size model refines its regressed size; `none`: model.scale",
     )
     invert: Literal["never", "always", "auto"] = Field(
         "never",

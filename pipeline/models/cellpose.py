@@ -21,7 +21,8 @@ cell diameter; their styles (cellpose's image descriptor) are the network's of t
 fine-tuned weights compare with themselves. `invert: auto` learns polarity from the labels: a
 training crop is inverted where its cells are darker than the rest, a test image as its nearest
 exemplar by style is (fold models vote); `size: exemplar` takes that exemplar's diameter, as
-cellpose's size model regresses sizes from the style.
+cellpose's size model regresses sizes from the style, and `exemplar_first_pass` refines it by a
+first pass, as cellpose's size model does.
 """
 
 from __future__ import annotations
@@ -309,11 +310,14 @@ class CellposeModel(FlowFamily):
     def diameter(self) -> float | None:
         return None if self.cfg.size == "none" else self.cfg.diam_mean
 
-    def first_zoom(self) -> float:
-        """The zoom that makes cells of the training labels' median diameter (cellpose's
-        `diam_labels`) `diam_mean` wide, within `zoom_range`."""
+    def zoom(self, diameter: float) -> float:
+        """The zoom that takes cells `diameter` px wide to `diam_mean`, within `zoom_range`."""
         low, high = self.cfg.zoom_range
-        return float(np.clip(self.cfg.diam_mean / self.net.diam_labels.item(), low, high))
+        return float(np.clip(self.cfg.diam_mean / diameter, low, high))
+
+    def first_zoom(self) -> float:
+        """The `zoom` of the training labels' median diameter (cellpose's `diam_labels`)."""
+        return self.zoom(self.net.diam_labels.item())
 
     def learn_training_set(self, diameter: float, samples: TrainingImages) -> None:
         """Keeps the diameter as cellpose keeps it (`diam_labels`: the test-time size's start)
@@ -457,7 +461,7 @@ class CellposeModel(FlowFamily):
         where most of `models` find its cells dark (`cells_dark`: fold models, each by its own
         exemplars, vote), at `image_scale`."""
         cfg = models[0].cfg
-        asked = cfg.invert == "auto" or cfg.size == "exemplar"
+        asked = cfg.invert == "auto" or cfg.size.startswith("exemplar")
         told = [model.nearest_exemplar(image) if asked else None for model in models]
         votes = [model.cells_dark(image, nearest) for model, nearest in zip(models, told)]
         shown = 1 - image if 2 * sum(votes) > len(votes) else image
@@ -473,23 +477,20 @@ class CellposeModel(FlowFamily):
         exemplar_diameters: Sequence[float] = (),
     ) -> float:
         """`scale` times the zoom that makes the cells `diam_mean` wide: judged by the training
-        labels' median diameter (`first_zoom`), then (`first_pass`) by the masks that a first
-        pass at that size finds (one view, the first model: fold models agree on sizes), or
-        (`exemplar`) by the median of `exemplar_diameters`; within `zoom_range`."""
+        labels' median diameter (`first_zoom`) or (`exemplar`, `exemplar_first_pass`) by the
+        median of `exemplar_diameters`, then (`first_pass`, `exemplar_first_pass`) by the masks
+        that a first pass at that size finds (one view, the first model: fold models agree on
+        sizes); within `zoom_range`."""
         model: CellposeModel = models[0]
         cfg = model.cfg
         if cfg.size == "none":
             return scale
         first = scale * model.first_zoom()
-        if cfg.size == "labels" or (cfg.size == "exemplar" and not exemplar_diameters):
+        if cfg.size.startswith("exemplar") and exemplar_diameters:
+            first = scale * model.zoom(float(np.median(exemplar_diameters)))
+        if cfg.size in ("labels", "exemplar"):
             return first
-        if cfg.size == "exemplar":
-            diameter = float(np.median(exemplar_diameters))
-        else:
-            found = maps_labels(mean_maps(models[:1], image, first, ["none"]), cfg)
-            areas = np.bincount(found.ravel())[1:]
-            diameter = median_diameter(areas[areas > 0])
-        if diameter <= 0:
-            return first
-        low, high = cfg.zoom_range
-        return scale * float(np.clip(cfg.diam_mean / diameter, low, high))
+        found = maps_labels(mean_maps(models[:1], image, first, ["none"]), cfg)
+        areas = np.bincount(found.ravel())[1:]
+        diameter = median_diameter(areas[areas > 0])
+        return first if diameter <= 0 else scale * model.zoom(diameter)
