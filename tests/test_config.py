@@ -191,7 +191,7 @@ def test_config_explain_prints_type_default_value_and_meaning(tmp_path, capsys):
     assert code == 0
     assert out.splitlines()[:4] == [
         "model.cellpose.size",
-        "  type: Literal['first_pass', 'labels', 'none']",
+        "  type: Literal['first_pass', 'labels', 'exemplar', 'exemplar_first_pass', 'none']",
         "  default: first_pass",
         "  value: labels",
     ]
