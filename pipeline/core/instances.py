@@ -126,3 +126,9 @@ def median_diameter(areas: np.ndarray) -> float:
     if not len(areas):
         return 0.0
     return float(np.median(2 * np.sqrt(np.asarray(areas, np.float64) / np.pi)))
+
+
+def label_image_diameter(labels: np.ndarray) -> float:
+    """`median_diameter` of the instances of a label image (0: background)."""
+    areas = np.bincount(labels.ravel())[1:]
+    return median_diameter(areas[areas > 0])

@@ -37,7 +37,7 @@ from torch import nn
 
 from pipeline.config import CellposeConfig
 from pipeline.core.errors import CellpipeError
-from pipeline.core.instances import median_diameter
+from pipeline.core.instances import label_image_diameter
 from pipeline.models.base import TrainingImages, register
 from pipeline.models.flow_maps import (
     FlowFamily,
@@ -341,8 +341,7 @@ class CellposeModel(FlowFamily):
             self.exemplars[slot, : view.shape[0], : view.shape[1]] = view
             self.exemplar_sizes[slot] = torch.tensor(view.shape)
             self.exemplar_dark[slot] = darker
-            areas = np.bincount(labels.ravel())[1:]
-            self.exemplar_diameters[slot] = median_diameter(areas[areas > 0])
+            self.exemplar_diameters[slot] = label_image_diameter(labels)
             slot += 1
         self._exemplar_styles = None
 
@@ -491,6 +490,5 @@ class CellposeModel(FlowFamily):
         if cfg.size in ("labels", "exemplar"):
             return first
         found = maps_labels(mean_maps(models[:1], image, first, ["none"]), cfg)
-        areas = np.bincount(found.ravel())[1:]
-        diameter = median_diameter(areas[areas > 0])
+        diameter = label_image_diameter(found)
         return first if diameter <= 0 else scale * model.zoom(diameter)
