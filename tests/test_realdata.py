@@ -206,7 +206,12 @@ def test_split_and_layout(built):
     for table in (train, test):  # every set on both sides
         assert set(table["cell_type"]) == {"Kc167", "neurocyte", "dsb_nuclei", "ecoli"}
     assert sorted(i for i in test_ids if i.startswith("ecoli")) == ["ecoli_t17", "ecoli_t19"]
-    assert set(train.loc[train["cell_type"] == "ecoli", "sample_id"]) == {"trpL_150310-11_early"}
+    ecoli = train[train["cell_type"] == "ecoli"].drop_duplicates("id")
+    assert dict(zip(ecoli["id"], ecoli["sample_id"])) == {  # folds can part the training frames
+        f"ecoli_t{t:02d}": f"trpL_150310-11_t{t:02d}" for t in (4, 8, 12)
+    }
+    held = test[test["cell_type"] == "ecoli"]
+    assert set(held["sample_id"]) == {"trpL_150310-11_late"}
     text = (out / "DATASET.md").read_text()
     assert "scellseg" in text and "do not redistribute" in text
     assert not list(out.parent.glob(".out.*"))  # no temporary folder left behind
