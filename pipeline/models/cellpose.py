@@ -393,14 +393,13 @@ class CellposeModel(FlowFamily):
         return nearest[0]
 
     def crop_dark(self, image: torch.Tensor, cells: torch.Tensor) -> bool:
-        """Whether a training crop (C, h, w) with its cell mask is inverted: as `invert` says;
-        `auto`: where its cells are darker than the rest, or, lacking either, its skewness is
-        negative."""
-        if self.cfg.invert != "auto":
-            return self.cfg.invert == "always"
-        grey = normalise(image[None])[:, 0]
-        darker = cells_darker(grey[0], cells)
-        return bool(skewness(grey) < 0) if darker is None else darker
+        """Whether a training crop (C, h, w) with its cell mask is inverted: `auto`, where its
+        cells are darker than the rest; otherwise (or lacking cells or the rest) as `cells_dark`
+        says of an image without exemplars."""
+        darker = None
+        if self.cfg.invert == "auto":
+            darker = cells_darker(normalise(image[None])[0, 0], cells)
+        return self.cells_dark(image, None) if darker is None else darker
 
     def import_state(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """cellpose's model files (and scellseg's copy) under this model's names; a file made at
